@@ -1,0 +1,42 @@
+# playitback: every target sets up its own virtual environment first (a fresh machine needs nothing else).
+#   make test        the test suite (under 10 minutes on 2 CPU cores)
+#   make test-slow   also the slow end-to-end checks
+#   make demo        demo data -> encoder pretraining -> PlayItBack -> evaluation -> figures (CPU, minutes)
+#   make bench       the benchmarks, printing JSON lines
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On the CPU machines of this project `pip install torch==2.13.0` takes a local CPU build; elsewhere pick the build
+# for your machine, e.g. make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO_DATA ?= demo_data
+DEMO_RUNS ?= demo_runs
+
+.PHONY: setup test test-slow demo bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, torchaudio" 2>/dev/null && { echo "torchaudio must not be installed"; exit 1; } || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) tools/demo.py --data $(DEMO_DATA) --runs $(DEMO_RUNS) --figs figs
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_RUNS) .pytest_cache

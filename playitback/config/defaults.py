@@ -1,0 +1,333 @@
+"""The config tree: every key a run can set, with its default and one comment.
+
+The keys are those of the original PlayItBack (so its command lines keep working) minus its dead keys, plus keys for
+what it hard-coded (playback-0 frames, slot count and iterations, loss weights, rank margin, fusion dropout, SpecAugment
+sizes). Values derived from several keys are computed by the pure functions in ``playitback.config.derived`` and never
+written back.
+"""
+from __future__ import annotations
+
+from fvcore.common.config import CfgNode
+
+_C = CfgNode()
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.TRAIN = CfgNode()
+_C.TRAIN.ENABLE = True
+# Dataset of the train and val splits: vggsound | audioset | epickitchens.
+_C.TRAIN.DATASET = "vggsound"
+# Total batch size over all processes (per process: BATCH_SIZE / world size).
+_C.TRAIN.BATCH_SIZE = 64
+# Validate every EVAL_PERIOD epochs (and after the last one).
+_C.TRAIN.EVAL_PERIOD = 10
+# Save a checkpoint every CHECKPOINT_PERIOD epochs (and after the last one).
+_C.TRAIN.CHECKPOINT_PERIOD = 10
+# Resume from the newest valid checkpoint in OUTPUT_DIR/checkpoints when there is one.
+_C.TRAIN.AUTO_RESUME = True
+# Weights to start from: a PlayItBack checkpoint, an encoder-pretraining checkpoint or a bare MViTv2 checkpoint
+# (bare keys load under "encoder.", ImageNet RGB patch kernels are averaged to one channel).
+_C.TRAIN.CHECKPOINT_FILE_PATH = ""
+# Start at epoch 0 even when TRAIN.CHECKPOINT_FILE_PATH holds an epoch.
+_C.TRAIN.CHECKPOINT_EPOCH_RESET = False
+# Substrings removed from checkpoint keys before they are matched.
+_C.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN = ()
+# Automatic mixed precision in training.
+_C.TRAIN.MIXED_PRECISION = True
+# AMP data type: float16 (with a GradScaler) or bfloat16 (no scaling needed).
+_C.TRAIN.AMP_DTYPE = "float16"
+# Non-finite loss: "raise" stops the run naming the step and loss terms; "skip" drops the step and counts it.
+_C.TRAIN.ON_NONFINITE_LOSS = "raise"
+# Stop after this many iterations per epoch (0: the whole epoch). For smoke tests and benchmarks.
+_C.TRAIN.MAX_ITERS_PER_EPOCH = 0
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MixUp / CutMix over the batch (all playbacks share one lambda and permutation).
+# ---------------------------------------------------------------------------------------------------------------------
+_C.MIXUP = CfgNode()
+_C.MIXUP.ENABLE = False
+_C.MIXUP.ALPHA = 0.3
+_C.MIXUP.CUTMIX_ALPHA = 1.0
+# Probability that a batch is mixed at all.
+_C.MIXUP.PROB = 0.3
+# Probability of CutMix instead of MixUp when a batch is mixed.
+_C.MIXUP.SWITCH_PROB = 0.5
+_C.MIXUP.LABEL_SMOOTH_VALUE = 0.1
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Testing.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.TEST = CfgNode()
+_C.TEST.ENABLE = True
+_C.TEST.DATASET = "vggsound"
+_C.TEST.BATCH_SIZE = 8
+# Checkpoint to evaluate; empty: the best (or last, see CHECKPOINT_SELECT) checkpoint of OUTPUT_DIR.
+_C.TEST.CHECKPOINT_FILE_PATH = ""
+# Which checkpoint of OUTPUT_DIR to test when TEST.CHECKPOINT_FILE_PATH is empty: best | last.
+_C.TEST.CHECKPOINT_SELECT = "best"
+# Views per clip, uniformly spaced over the clip; their logits are summed (DATA.ENSEMBLE_METHOD).
+_C.TEST.NUM_ENSEMBLE_VIEWS = 10
+# Also pickle [scores, labels] to OUTPUT_DIR/<SAVE_RESULTS_PATH>.
+_C.TEST.SAVE_RESULTS_PATH = ""
+# Write OUTPUT_DIR/scores/segments.jsonl: the replayed segments (seconds) of every clip, view and playback.
+_C.TEST.SAVE_SEGMENTS = False
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.MODEL = CfgNode()
+# Only a name for logs; the architecture follows from PLAYBACK and the ENCODER/DECODER nodes.
+_C.MODEL.MODEL_NAME = "PlayItBackX2"
+_C.MODEL.NUM_CLASSES = 400
+# Several heads (EPIC-KITCHENS verb and noun); their class counts are MULTITASK_CLASSES.
+_C.MODEL.MULTITASK = False
+_C.MODEL.MULTITASK_CLASSES = [97, 300]
+# cross_entropy | soft_cross_entropy | bce_logit (multi-label).
+_C.MODEL.LOSS_FUNC = "soft_cross_entropy"
+# Dropout before the encoder head.
+_C.MODEL.DROPOUT_RATE = 0.5
+# Freeze the encoder (it then runs in eval mode: no drop path, no dropout).
+_C.MODEL.FREEZE_ENCODER = True
+# Encoder only (no saliency, replay or decoder): the pretraining stage and the baseline.
+_C.MODEL.IGNORE_DECODER = False
+# Number of replays P; there are P+1 playbacks. 0 means encoder only.
+_C.MODEL.PLAYBACK = 3
+# Weight of the per-playback auxiliary losses (summed over playbacks).
+_C.MODEL.AUX_LOSS_WEIGHT = 0.1
+# Weight of the saliency ranking loss.
+_C.MODEL.RANK_LOSS_WEIGHT = 0.1
+# Margin of the saliency ranking loss (true-class probability, positive minus negative pooling).
+_C.MODEL.RANK_MARGIN = 0.05
+# Compile the model with torch.compile.
+_C.MODEL.COMPILE = False
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Temporal saliency (slot attention), one module per playback.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.SALIENCY = CfgNode()
+_C.SALIENCY.NUM_SLOTS = 2
+_C.SALIENCY.ITERS = 3
+# Length of each slot's temporal vector; 0 means AUDIO_DATA.FRAMES0.
+_C.SALIENCY.RESOLUTION = 0
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoder (TemPr): one cross-attention per playback.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.DECODER = CfgNode()
+_C.DECODER.NUM_FREQ_BANDS = 6
+_C.DECODER.MAX_FREQ = 10.0
+# Width of the encoder tokens; must equal the encoder's output width.
+_C.DECODER.INPUT_CHANNELS = 768
+_C.DECODER.NUM_LATENTS = 256
+_C.DECODER.LATENT_DIM = 512
+_C.DECODER.CROSS_HEADS = 1
+_C.DECODER.LATENT_HEADS = 8
+_C.DECODER.CROSS_DIM_HEAD = 64
+_C.DECODER.LATENT_DIM_HEAD = 64
+_C.DECODER.ATTN_DROPOUT = 0.0
+_C.DECODER.FF_DROPOUT = 0.0
+_C.DECODER.WEIGHT_TIE_LAYERS = False
+_C.DECODER.FOURIER_ENCODE_DATA = True
+_C.DECODER.SELF_PER_CROSS_ATTN = 3
+# mean | adaptive | adaptive_concat
+_C.DECODER.FUSION = "adaptive"
+# features | predictions
+_C.DECODER.FUSION_LOC = "features"
+_C.DECODER.FUSION_DROPOUT = 0.1
+# Number of decoder layers; must equal MODEL.PLAYBACK + 1 (one layer per playback).
+_C.DECODER.DEPTH = 4
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Encoder (MViTv2 for one-channel spectrograms). The defaults are MViTv2-S.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.ENCODER = CfgNode()
+# Pooling of Q/K/V: conv | avg | max.
+_C.ENCODER.MODE = "conv"
+_C.ENCODER.POOL_FIRST = False
+_C.ENCODER.CLS_EMBED_ON = False
+_C.ENCODER.PATCH_KERNEL = [7, 7]
+_C.ENCODER.PATCH_STRIDE = [4, 4]
+_C.ENCODER.PATCH_PADDING = [3, 3]
+_C.ENCODER.EMBED_DIM = 96
+_C.ENCODER.NUM_HEADS = 1
+_C.ENCODER.MLP_RATIO = 4.0
+_C.ENCODER.QKV_BIAS = True
+_C.ENCODER.DROPPATH_RATE = 0.1
+_C.ENCODER.DEPTH = 16
+# [[block, multiplier], ...]
+_C.ENCODER.DIM_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
+_C.ENCODER.HEAD_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
+# [[block, stride_t, stride_f], ...]; empty with POOL_KV_STRIDE_ADAPTIVE set derives them.
+_C.ENCODER.POOL_KV_STRIDE = []
+_C.ENCODER.POOL_KV_STRIDE_ADAPTIVE = [4, 4]
+_C.ENCODER.POOL_Q_STRIDE = [[1, 2, 2], [3, 2, 2], [14, 2, 2]]
+_C.ENCODER.POOL_KVQ_KERNEL = (3, 3)
+_C.ENCODER.USE_ABS_POS = False
+# Relative position is not supported (spectrogram grids are not square); only False is accepted.
+_C.ENCODER.REL_POS_SPATIAL = False
+_C.ENCODER.RESIDUAL_POOLING = True
+_C.ENCODER.DIM_MUL_IN_ATT = True
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.DATA = CfgNode()
+# Multi-hot labels and binary cross-entropy (AudioSet).
+_C.DATA.MULTI_LABEL = False
+# How test views are combined: sum | max (of logits).
+_C.DATA.ENSEMBLE_METHOD = "sum"
+# Where the spectrogram pyramid is computed: auto (device on GPU, workers on CPU) | workers | device.
+_C.DATA.FRONTEND = "auto"
+# Allow loading annotation pickles that need more than the pandas/numpy classes the safe loader accepts.
+_C.DATA.ALLOW_UNSAFE_PICKLE = False
+
+_C.AUDIO_DATA = CfgNode()
+_C.AUDIO_DATA.SAMPLING_RATE = 24000
+# Crop length in seconds.
+_C.AUDIO_DATA.CLIP_SECS = 1.279
+# STFT window in milliseconds (Hann, zero-padded to N_FFT).
+_C.AUDIO_DATA.WINDOW_LENGTH = 10
+_C.AUDIO_DATA.N_FFT = 2048
+_C.AUDIO_DATA.NUM_FREQUENCIES = 128
+# Frames of playback 0 (T0); playback i has T0 * (i + 1) frames over the same crop.
+_C.AUDIO_DATA.FRAMES0 = 400
+
+_C.SPEC_AUGMENT = CfgNode()
+_C.SPEC_AUGMENT.ENABLE = True
+_C.SPEC_AUGMENT.TIME_WARP = 5
+_C.SPEC_AUGMENT.FREQ_MASK = 27
+_C.SPEC_AUGMENT.NUM_FREQ_MASKS = 2
+_C.SPEC_AUGMENT.TIME_MASK = 25
+_C.SPEC_AUGMENT.NUM_TIME_MASKS = 2
+
+_C.DATA_LOADER = CfgNode()
+_C.DATA_LOADER.NUM_WORKERS = 8
+_C.DATA_LOADER.PIN_MEMORY = True
+# A file that cannot be read: raise | skip (replaced by another item, counted, logged to OUTPUT_DIR/bad_files.txt) |
+# auto (skip in training, raise in val/test).
+_C.DATA_LOADER.ON_BAD_FILE = "auto"
+# Stop when more than this fraction of an epoch's items were bad.
+_C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Datasets.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.EPICKITCHENS = CfgNode()
+# The HDF5 file: one 1-D dataset per video_id, attribute "sample_rate".
+_C.EPICKITCHENS.AUDIO_DATA_FILE = ""
+_C.EPICKITCHENS.ANNOTATIONS_DIR = ""
+_C.EPICKITCHENS.TRAIN_LIST = "EPIC_100_train.csv"
+_C.EPICKITCHENS.VAL_LIST = "EPIC_100_validation.csv"
+_C.EPICKITCHENS.TEST_LIST = "EPIC_100_validation.csv"
+_C.EPICKITCHENS.TRAIN_PLUS_VAL = False
+# Name of the scores file written by the test.
+_C.EPICKITCHENS.TEST_SPLIT = "validation"
+
+_C.VGGSOUND = CfgNode()
+# Audio root: <AUDIO_DATA_DIR>/<class name>/<clip><AUDIO_EXT>.
+_C.VGGSOUND.AUDIO_DATA_DIR = ""
+_C.VGGSOUND.ANNOTATIONS_DIR = ""
+_C.VGGSOUND.AUDIO_EXT = ".wav"
+_C.VGGSOUND.TRAIN_LIST = "train.csv"
+_C.VGGSOUND.VAL_LIST = "test.csv"
+_C.VGGSOUND.TEST_LIST = "test.csv"
+
+_C.AUDIOSET = CfgNode()
+# Audio root: <AUDIO_DATA_DIR>/<clip><AUDIO_EXT> (flat).
+_C.AUDIOSET.AUDIO_DATA_DIR = ""
+_C.AUDIOSET.ANNOTATIONS_DIR = ""
+_C.AUDIOSET.AUDIO_EXT = ".flac"
+_C.AUDIOSET.TRAIN_LIST = "as2m_train.csv"
+_C.AUDIOSET.VAL_LIST = "test.csv"
+_C.AUDIOSET.TEST_LIST = "test.csv"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optimisation.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.SOLVER = CfgNode()
+_C.SOLVER.BASE_LR = 0.1
+# cosine | steps_with_relative_lrs
+_C.SOLVER.LR_POLICY = "cosine"
+_C.SOLVER.COSINE_END_LR = 1e-4
+_C.SOLVER.STEPS = []
+_C.SOLVER.LRS = []
+_C.SOLVER.MAX_EPOCH = 300
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.DAMPENING = 0.0
+_C.SOLVER.NESTEROV = True
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WARMUP_EPOCHS = 0.0
+_C.SOLVER.WARMUP_START_LR = 1e-8
+# sgd | adam | adamw
+_C.SOLVER.OPTIMIZING_METHOD = "sgd"
+# Multiply BASE_LR by NUM_SHARDS (computed, never written back).
+_C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False
+_C.SOLVER.COSINE_AFTER_WARMUP = True
+_C.SOLVER.ZERO_WD_1D_PARAM = True
+_C.SOLVER.CLIP_GRAD_VAL = None
+_C.SOLVER.CLIP_GRAD_L2NORM = None
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Logging.
+# ---------------------------------------------------------------------------------------------------------------------
+_C.TENSORBOARD = CfgNode()
+_C.TENSORBOARD.ENABLE = False
+# Default: OUTPUT_DIR/runs-<TRAIN.DATASET>.
+_C.TENSORBOARD.LOG_DIR = ""
+
+_C.WANDB = CfgNode()
+_C.WANDB.ENABLE = False
+_C.WANDB.RUN_ID = ""
+_C.WANDB.PROJECT = "playitback"
+# online | offline (offline needs no network; sync later with `wandb sync`).
+_C.WANDB.MODE = "online"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run.
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes (GPUs) per machine; 0 runs on the CPU with the gloo backend.
+_C.NUM_GPUS = 1
+_C.NUM_SHARDS = 1
+_C.SHARD_ID = 0
+_C.OUTPUT_DIR = "./tmp"
+_C.RNG_SEED = 1
+_C.LOG_PERIOD = 10
+_C.LOG_MODEL_INFO = True
+# Backend on GPU; the CPU always uses gloo.
+_C.DIST_BACKEND = "nccl"
+
+# Keys of the original that did nothing (or nothing correct). A YAML of the original that sets them still loads: they
+# are ignored with a warning instead of failing as unknown keys.
+REMOVED_KEYS: dict[str, str] = {
+    "BN": "the model has no BatchNorm layers",
+    "DATA.INPUT_CHANNEL_NUM": "never read",
+    "DATA.PATH_TO_DATA_DIR": "use <DATASET>.ANNOTATIONS_DIR",
+    "DATA_LOADER.ENABLE_MULTI_THREAD_DECODE": "never read",
+    "DATA_LOADER.TRAIN_CROP_SIZE": "replaced by AUDIO_DATA.FRAMES0 (the playback-0 frame count)",
+    "DATA_LOADER.TEST_CROP_SIZE": "replaced by AUDIO_DATA.FRAMES0 (the playback-0 frame count)",
+    "AUDIO_DATA.HOP_LENGTH": "the hop of playback i is derived: clip samples / (FRAMES0 * (i + 1))",
+    "AUDIO_DATA.NUM_FRAMES": "the hop of playback i is derived: clip samples / (FRAMES0 * (i + 1))",
+    "MODEL.PLAYBACK_WEIGHTS": "never read; see MODEL.AUX_LOSS_WEIGHT",
+    "MODEL.FC_INIT_STD": "never read",
+    "MODEL.HEAD_ACT": "models return logits; activations are applied by the loss and metrics",
+    "DECODER.FINAL_CLASSIFIER_HEAD": "the decoder always has its classifier",
+    "ENCODER.ZERO_DECAY_POS_CLS": "position and cls embeddings never get weight decay",
+    "ENCODER.REL_POS_ZERO_INIT": "relative position is not supported",
+    "ENCODER.RETURN_EMBD": "internal switch of the original",
+    "ENCODER.RETURN_EMBD_ONLY": "internal switch of the original",
+    "SOLVER.GAMMA": "never read",
+    "SOLVER.STEP_SIZE": "never read",
+    "SOLVER.WARMUP_FACTOR": "never read",
+    "SOLVER.LAYER_DECAY": "only 1.0 worked in the original",
+    "TENSORBOARD.PREDICTIONS_PATH": "confusion matrices and histograms are not ported",
+    "TENSORBOARD.CLASS_NAMES_PATH": "confusion matrices and histograms are not ported",
+    "TENSORBOARD.CATEGORIES_PATH": "confusion matrices and histograms are not ported",
+    "TENSORBOARD.CONFUSION_MATRIX": "confusion matrices are not ported",
+    "TENSORBOARD.HISTOGRAM": "histograms are not ported",
+}
+
+
+def get_cfg() -> CfgNode:
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()

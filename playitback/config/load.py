@@ -1,0 +1,310 @@
+"""Loading a run's config: defaults <- YAML (with ``_BASE_``) <- ``KEY VALUE`` overrides <- launcher flags, then one
+validation of the merged result.
+
+Unknown keys fail at once with the closest valid key named; keys the original had but never used are ignored with a
+warning (so its YAML files still load); values are type-checked against the defaults. Every problem of a config is
+reported together in one :class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from playitback.config import derived
+from playitback.config.defaults import REMOVED_KEYS, get_cfg
+
+logger = logging.getLogger(__name__)
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value a user has to fix."""
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
+    return keys
+
+
+def _removed_reason(full_key: str) -> str | None:
+    parts = full_key.split(".")
+    for end in range(len(parts), 0, -1):
+        reason = REMOVED_KEYS.get(".".join(parts[:end]))
+        if reason is not None:
+            return reason
+    return None
+
+
+def _unknown_key_message(full_key: str, valid: Sequence[str], source: str) -> str:
+    close = difflib.get_close_matches(full_key, valid, n=1, cutoff=0.6)
+    if not close:  # a typo in the node name: match the leaf name inside every node
+        leaf = full_key.split(".")[-1]
+        by_leaf = {k.split(".")[-1]: k for k in valid}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)]
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown config key {full_key} (from {source}){hint}"
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str) -> list[str]:
+    leaves = []
+    for key, value in tree.items():
+        full = f"{prefix}.{key}"
+        leaves.extend(_flatten(value, full) if isinstance(value, Mapping) else [full])
+    return leaves
+
+
+def _coerce(full_key: str, default: Any, value: Any, source: str) -> Any:
+    """Check `value` against the type of `default`, converting where the meaning is unambiguous."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
+    raise ConfigError(
+        f"config key {full_key} expects a {type(default).__name__} (default {default!r}) but got {value!r} "
+        f"({type(value).__name__}) from {source}"
+    )
+
+
+def _merge(cfg: CfgNode, updates: Mapping[str, Any], source: str, errors: list[str], prefix: str = "") -> None:
+    valid = _all_keys(get_cfg())
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key == BASE_KEY:
+            continue
+        reason = _removed_reason(full)
+        if reason is not None:
+            logger.warning("config key %s (from %s) is ignored: %s", full, source, reason)
+            continue
+        if key not in cfg:
+            leaves = _flatten(value, full) if isinstance(value, Mapping) else [full]
+            errors.extend(_unknown_key_message(leaf, valid, source) for leaf in leaves)
+            continue
+        if isinstance(cfg[key], CfgNode):
+            if not isinstance(value, Mapping):
+                errors.append(f"config key {full} is a group of keys, not a value (from {source})")
+                continue
+            _merge(cfg[key], value, source, errors, full + ".")
+            continue
+        try:
+            cfg[key] = _coerce(full, cfg[key], value, source)
+        except ConfigError as err:
+            errors.append(str(err))
+
+
+def _load_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML file; a `_BASE_` entry (a path or list of paths, relative to this file) is loaded first and
+    overridden key by key."""
+    if not path.is_file():
+        included = f" (named in {chain[-1]} under {BASE_KEY})" if chain else ""
+        raise ConfigError(f"config file {path} does not exist{included}; check the path given to --cfg")
+    if path.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError(f"config file {path} includes itself through {BASE_KEY}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    bases = data.pop(BASE_KEY, [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        _deep_update(merged, _load_yaml_with_base(path.parent / base, chain + (path,)))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: a Python literal when it parses as one (1e-3, True, [1, 2], (400, 128)), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _opts_to_dict(opts: Sequence[str]) -> dict[str, Any]:
+    if len(opts) % 2:
+        raise ConfigError(
+            f"command-line overrides must come in KEY VALUE pairs; got an odd count ({len(opts)}): {' '.join(opts)}"
+        )
+    nested: dict[str, Any] = {}
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command-line key {key} nests under a value")
+        node[leaf] = _parse_value(text) if isinstance(text, str) else text
+    return nested
+
+
+def load_config(
+    cfg_file: str | Path | None = None,
+    opts: Sequence[str] = (),
+    *,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
+) -> CfgNode:
+    """Build the validated, frozen config of a run.
+
+    Args:
+        cfg_file: YAML file (may inherit with `_BASE_`); None for the defaults alone.
+        opts: `KEY VALUE` overrides as on the command line, e.g. ["NUM_GPUS", "0", "SOLVER.BASE_LR", "1e-3"].
+        shard_id, num_shards: launcher flags, copied into SHARD_ID / NUM_SHARDS when given.
+
+    Raises:
+        ConfigError: naming every unknown key (with the closest valid one), wrong type or impossible combination.
+    """
+    cfg = get_cfg()
+    errors: list[str] = []
+    if cfg_file is not None:
+        _merge(cfg, _load_yaml_with_base(Path(cfg_file)), str(cfg_file), errors)
+    _merge(cfg, _opts_to_dict(list(opts)), "the command line", errors)
+    if shard_id is not None:
+        cfg.SHARD_ID = int(shard_id)
+    if num_shards is not None:
+        cfg.NUM_SHARDS = int(num_shards)
+    if not errors:
+        errors.extend(validation_errors(cfg))
+    if errors:
+        where = f" in {cfg_file}" if cfg_file else ""
+        raise ConfigError(f"{len(errors)} config problem(s){where}:\n  - " + "\n  - ".join(errors))
+    cfg.freeze()
+    return cfg
+
+
+def _choice(errors: list[str], key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        errors.append(f"{key} is {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def validation_errors(cfg: CfgNode) -> list[str]:
+    """Every impossible value or combination of a merged config (empty when the config can run)."""
+    errors: list[str] = []
+    _choice(errors, "TRAIN.DATASET", cfg.TRAIN.DATASET.lower(), derived.DATASETS)
+    _choice(errors, "TEST.DATASET", cfg.TEST.DATASET.lower(), derived.DATASETS)
+    _choice(errors, "MODEL.LOSS_FUNC", cfg.MODEL.LOSS_FUNC, ("cross_entropy", "soft_cross_entropy", "bce_logit", "bce"))
+    _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, ("mean", "adaptive", "adaptive_concat"))
+    _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, ("features", "predictions"))
+    _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, ("conv", "avg", "max"))
+    _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, ("sgd", "adam", "adamw"))
+    _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, ("cosine", "steps_with_relative_lrs"))
+    _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, ("sum", "max"))
+    _choice(errors, "DATA.FRONTEND", cfg.DATA.FRONTEND, ("auto", "workers", "device"))
+    _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
+    _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
+    _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))
+    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("best", "last"))
+    _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
+
+    if cfg.MODEL.PLAYBACK < 0:
+        errors.append(f"MODEL.PLAYBACK is {cfg.MODEL.PLAYBACK}; it counts replays and must be >= 0")
+    elif not derived.is_encoder_only(cfg) and cfg.DECODER.DEPTH != cfg.MODEL.PLAYBACK + 1:
+        errors.append(
+            f"DECODER.DEPTH ({cfg.DECODER.DEPTH}) must equal MODEL.PLAYBACK + 1 ({cfg.MODEL.PLAYBACK + 1}): "
+            "the decoder has one layer per playback"
+        )
+    if not derived.is_encoder_only(cfg) and cfg.DECODER.INPUT_CHANNELS != derived.encoder_width(cfg):
+        errors.append(
+            f"DECODER.INPUT_CHANNELS ({cfg.DECODER.INPUT_CHANNELS}) must equal the encoder's output width "
+            f"({derived.encoder_width(cfg)} = ENCODER.EMBED_DIM times the ENCODER.DIM_MUL multipliers)"
+        )
+    if cfg.MODEL.MULTITASK:
+        if len(cfg.MODEL.MULTITASK_CLASSES) < 2:
+            errors.append("MODEL.MULTITASK needs at least two entries in MODEL.MULTITASK_CLASSES")
+        if cfg.DATA.MULTI_LABEL:
+            errors.append("MODEL.MULTITASK and DATA.MULTI_LABEL cannot both be True")
+    if cfg.DATA.MULTI_LABEL and cfg.MODEL.LOSS_FUNC not in ("bce_logit", "bce"):
+        errors.append(f"DATA.MULTI_LABEL needs MODEL.LOSS_FUNC bce_logit, not {cfg.MODEL.LOSS_FUNC}")
+    if not cfg.DATA.MULTI_LABEL and cfg.MODEL.LOSS_FUNC in ("bce_logit", "bce"):
+        errors.append(f"MODEL.LOSS_FUNC {cfg.MODEL.LOSS_FUNC} needs DATA.MULTI_LABEL True (multi-hot labels)")
+    if min(derived.class_counts(cfg)) < 1:
+        errors.append("class counts (MODEL.NUM_CLASSES or MODEL.MULTITASK_CLASSES) must be positive")
+    if cfg.ENCODER.REL_POS_SPATIAL:
+        errors.append("ENCODER.REL_POS_SPATIAL True is not supported (spectrogram token grids are not square)")
+    if cfg.SALIENCY.NUM_SLOTS < 2:
+        errors.append("SALIENCY.NUM_SLOTS must be >= 2 (slot 0 is the positive, slot 1 the negative saliency)")
+
+    if cfg.AUDIO_DATA.FRAMES0 < 8:
+        errors.append(f"AUDIO_DATA.FRAMES0 ({cfg.AUDIO_DATA.FRAMES0}) must be at least 8")
+    elif derived.playback_hop(cfg, derived.num_playbacks(cfg) - 1) < 1:
+        errors.append(
+            f"a {cfg.AUDIO_DATA.CLIP_SECS} s clip at {cfg.AUDIO_DATA.SAMPLING_RATE} Hz has too few samples for "
+            f"{derived.num_playbacks(cfg)} playbacks of AUDIO_DATA.FRAMES0 * (i + 1) frames"
+        )
+    if derived.window_samples(cfg) > cfg.AUDIO_DATA.N_FFT:
+        errors.append(
+            f"AUDIO_DATA.WINDOW_LENGTH ({cfg.AUDIO_DATA.WINDOW_LENGTH} ms) is longer than AUDIO_DATA.N_FFT "
+            f"({cfg.AUDIO_DATA.N_FFT} samples)"
+        )
+
+    if cfg.NUM_SHARDS < 1 or not 0 <= cfg.SHARD_ID < cfg.NUM_SHARDS:
+        errors.append(f"SHARD_ID ({cfg.SHARD_ID}) must be in [0, NUM_SHARDS ({cfg.NUM_SHARDS}))")
+    if cfg.NUM_GPUS < 0:
+        errors.append("NUM_GPUS must be >= 0 (0 runs on the CPU)")
+    world = derived.world_size(cfg)
+    for key in ("TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
+        node, leaf = key.split(".")
+        batch = cfg[node][leaf]
+        if batch < 1 or batch % world:
+            errors.append(f"{key} ({batch}) must be a positive multiple of the number of processes ({world})")
+    if cfg.TEST.NUM_ENSEMBLE_VIEWS < 1:
+        errors.append("TEST.NUM_ENSEMBLE_VIEWS must be >= 1")
+    if cfg.SOLVER.LR_POLICY == "cosine" and cfg.SOLVER.COSINE_END_LR > derived.base_lr(cfg):
+        errors.append(
+            f"SOLVER.COSINE_END_LR ({cfg.SOLVER.COSINE_END_LR}) must not exceed SOLVER.BASE_LR ({cfg.SOLVER.BASE_LR})"
+        )
+    if cfg.SOLVER.LR_POLICY == "steps_with_relative_lrs" and len(cfg.SOLVER.STEPS) != len(cfg.SOLVER.LRS):
+        errors.append("SOLVER.STEPS and SOLVER.LRS must have the same length")
+    if cfg.SOLVER.MAX_EPOCH < 1:
+        errors.append("SOLVER.MAX_EPOCH must be >= 1")
+    if not 0 <= cfg.DATA_LOADER.MAX_BAD_FRACTION <= 1:
+        errors.append("DATA_LOADER.MAX_BAD_FRACTION must be in [0, 1]")
+    if cfg.DATA_LOADER.NUM_WORKERS < 0:
+        errors.append("DATA_LOADER.NUM_WORKERS must be >= 0")
+    return errors
+
+
+def dump_config(cfg: CfgNode) -> str:
+    """The config as YAML text (stored in checkpoints and OUTPUT_DIR/config.yaml)."""
+    return cfg.dump()
+
+
+def config_from_text(text: str) -> CfgNode:
+    """A config stored by :func:`dump_config` (e.g. inside a checkpoint), merged onto the current defaults."""
+    cfg = get_cfg()
+    errors: list[str] = []
+    _merge(cfg, yaml.safe_load(text) or {}, "the stored config", errors)
+    if errors:
+        raise ConfigError("stored config does not match this version of playitback:\n  - " + "\n  - ".join(errors))
+    cfg.freeze()
+    return cfg
