@@ -1,0 +1,114 @@
+"""Where the config meets the data path: annotation files, readers, datasets and loaders of a split."""
+from __future__ import annotations
+
+import torch
+from fvcore.common.config import CfgNode
+from torch.utils.data import DataLoader
+
+from playitback.config import derived
+from playitback.data.annotations import read_annotations
+from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
+from playitback.data.dataset import AudioClipDataset, LabelFormat, collate
+from playitback.data.records import ClipRecord
+from playitback.data.sampler import EvalSampler, TrainSampler
+from playitback.data.spectrogram import PlaybackPyramid
+
+
+def label_format(cfg: CfgNode) -> LabelFormat:
+    """The label format a config asks for."""
+    if cfg.MODEL.MULTITASK:
+        return LabelFormat.MULTITASK
+    return LabelFormat.MULTI_LABEL if cfg.DATA.MULTI_LABEL else LabelFormat.SINGLE
+
+
+def frontend_on_device(cfg: CfgNode) -> bool:
+    """Whether spectrograms are computed batched on the training device (workers then only decode and crop)."""
+    if cfg.DATA.FRONTEND == "auto":
+        return cfg.NUM_GPUS > 0 and torch.cuda.is_available()
+    return cfg.DATA.FRONTEND == "device"
+
+
+def build_pyramid(cfg: CfgNode) -> PlaybackPyramid:
+    """The playback pyramid of a config (used in the workers or on the device)."""
+    return PlaybackPyramid(
+        sample_rate=cfg.AUDIO_DATA.SAMPLING_RATE,
+        num_playbacks=derived.num_playbacks(cfg),
+        frames0=cfg.AUDIO_DATA.FRAMES0,
+        window_ms=cfg.AUDIO_DATA.WINDOW_LENGTH,
+        n_fft=cfg.AUDIO_DATA.N_FFT,
+        n_mels=cfg.AUDIO_DATA.NUM_FREQUENCIES,
+    )
+
+
+def load_split_records(cfg: CfgNode, split: str) -> list[ClipRecord]:
+    """Clip records of a split (EPIC-KITCHENS train+val concatenates both lists)."""
+    files = derived.dataset_files(cfg, split)
+    records: list[ClipRecord] = []
+    for path in files.annotation_files:
+        records.extend(read_annotations(path, files.dataset, allow_unsafe_pickle=cfg.DATA.ALLOW_UNSAFE_PICKLE))
+    return records
+
+
+def build_reader(cfg: CfgNode, split: str) -> FileAudioReader | Hdf5AudioReader:
+    """The audio reader of a split's dataset."""
+    files = derived.dataset_files(cfg, split)
+    if files.dataset == "epickitchens":
+        return Hdf5AudioReader(files.audio_root, cfg.AUDIO_DATA.SAMPLING_RATE)
+    return FileAudioReader(files.audio_root, files.audio_ext, cfg.AUDIO_DATA.SAMPLING_RATE)
+
+
+def skip_bad_files(cfg: CfgNode, split: str) -> bool:
+    """ON_BAD_FILE: skip in training and raise in evaluation unless set explicitly."""
+    policy = cfg.DATA_LOADER.ON_BAD_FILE
+    return split == "train" if policy == "auto" else policy == "skip"
+
+
+def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = None) -> AudioClipDataset:
+    """The dataset of `split` ("train", "val" or "test") as the config describes it."""
+    if split not in derived.SPLITS:
+        raise ValueError(f"split must be one of {derived.SPLITS}, not {split!r}")
+    counts = derived.class_counts(cfg)
+    return AudioClipDataset(
+        load_split_records(cfg, split) if records is None else records,
+        build_reader(cfg, split),
+        mode=split,
+        clip_samples=derived.clip_samples(cfg),
+        sample_rate=cfg.AUDIO_DATA.SAMPLING_RATE,
+        label_format=label_format(cfg),
+        num_classes=sum(counts),
+        num_views=cfg.TEST.NUM_ENSEMBLE_VIEWS,
+        pyramid=None if frontend_on_device(cfg) else build_pyramid(cfg),
+        seed=cfg.RNG_SEED,
+        skip_bad_files=skip_bad_files(cfg, split),
+    )
+
+
+def _worker_init(_: int) -> None:
+    # Workers render spectrograms one clip at a time: one thread each avoids oversubscribing the cores.
+    torch.set_num_threads(1)
+
+
+def build_loader(cfg: CfgNode, dataset: AudioClipDataset, split: str, rank: int = 0, world: int = 1) -> DataLoader:
+    """DataLoader of a split for process `rank` of `world`: the resumable shuffled sampler for training, every item
+    exactly once (no padding, no shuffle) for evaluation."""
+    total = cfg.TRAIN.BATCH_SIZE if split != "test" else cfg.TEST.BATCH_SIZE
+    batch = derived.per_process_batch(total, world)
+    if split == "train":
+        sampler = TrainSampler(len(dataset), batch, world, rank, seed=cfg.RNG_SEED)
+    else:
+        sampler = EvalSampler(len(dataset), world, rank)
+    workers = cfg.DATA_LOADER.NUM_WORKERS
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        collate_fn=collate,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        persistent_workers=False,
+        # The loader's own seed stream must not consume the global torch RNG (exact resumption).
+        generator=torch.Generator().manual_seed(cfg.RNG_SEED),
+        drop_last=False,
+    )
+

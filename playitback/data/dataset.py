@@ -1,0 +1,164 @@
+"""One dataset class for every dataset: clip record -> segment waveform -> one crop -> (optionally) playback pyramid.
+
+The same code serves VGG-Sound, AudioSet, EPIC-KITCHENS and a user's own folders; what differs is only the reader
+(files or HDF5) and the label format. Randomness (the training crop) is drawn from a generator seeded by
+(seed, epoch, index), so an item is the same whatever the number of workers or processes and after a resume.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from playitback.data.audio_io import AudioReadError
+from playitback.data.records import ClipRecord
+
+
+class LabelFormat(enum.Enum):
+    """How a record's labels become a tensor."""
+
+    SINGLE = "single"  # int64 scalar class id
+    MULTI_LABEL = "multi_label"  # float32 multi-hot [C]
+    MULTITASK = "multitask"  # int64 [n_tasks], e.g. (verb, noun)
+
+
+def encode_labels(labels: Sequence[int], label_format: LabelFormat, num_classes: int) -> torch.Tensor:
+    """A record's label ids as the tensor the losses and metrics take (see :class:`LabelFormat`)."""
+    if label_format is LabelFormat.SINGLE:
+        return torch.tensor(labels[0], dtype=torch.int64)
+    if label_format is LabelFormat.MULTITASK:
+        return torch.tensor(list(labels), dtype=torch.int64)
+    target = torch.zeros(num_classes, dtype=torch.float32)
+    target[list(labels)] = 1.0
+    return target
+
+
+def crop_start(num_samples: int, clip_samples: int, mode: str, view: int, num_views: int,
+               rng: np.random.Generator | None) -> int:
+    """First sample of the crop of a segment with `num_samples` samples.
+
+    train: uniform in [0, delta]; val: the centre; test: view k of `num_views` uniformly spaced views (the first and
+    last crops for two views), delta = max(num_samples - clip_samples, 0).
+    """
+    delta = max(num_samples - clip_samples, 0)
+    if mode == "train":
+        assert rng is not None
+        return int(rng.integers(0, delta + 1))
+    if mode == "val":
+        return delta // 2
+    return int(round(np.linspace(0, delta, num_views)[view])) if num_views > 1 else delta // 2
+
+
+def crop_or_pad(segment: np.ndarray, start: int, clip_samples: int) -> np.ndarray:
+    """[S] -> [clip_samples]: the crop starting at `start`, zero-padded at the end when the segment is short."""
+    crop = segment[start:start + clip_samples]
+    if crop.shape[0] < clip_samples:
+        crop = np.pad(crop, (0, clip_samples - crop.shape[0]))
+    return crop
+
+
+class AudioClipDataset(Dataset):
+    """Items of one split.
+
+    Each item is a dict:
+        "waveform": float32 [clip_samples] (when `pyramid` is None: the device computes the spectrograms), or
+        "playbacks": list of S float32 tensors [T0 * (i + 1), F] (the pyramid computed in the worker);
+        "label": see :class:`LabelFormat`; "index": record index; "view": test view;
+        "crop_start_s": where the crop starts, in seconds from the start of the audio file;
+        "skipped": names of bad files replaced by this item (ON_BAD_FILE skip), usually empty.
+
+    In test mode the dataset has len(records) * num_views items; item j is view j % V of record j // V.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ClipRecord],
+        reader: Callable[[ClipRecord], np.ndarray],
+        *,
+        mode: str,
+        clip_samples: int,
+        sample_rate: int,
+        label_format: LabelFormat,
+        num_classes: int,
+        num_views: int = 1,
+        pyramid: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+        seed: int = 0,
+        skip_bad_files: bool = False,
+        max_substitutes: int = 10,
+    ) -> None:
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be train, val or test, not {mode!r}")
+        if not records:
+            raise ValueError("the dataset has no records; check the annotation file")
+        self.records = list(records)
+        self.reader = reader
+        self.mode = mode
+        self.clip_samples = clip_samples
+        self.sample_rate = sample_rate
+        self.label_format = label_format
+        self.num_classes = num_classes
+        self.num_views = num_views if mode == "test" else 1
+        self.pyramid = pyramid
+        self.seed = seed
+        self.skip_bad_files = skip_bad_files
+        self.max_substitutes = max_substitutes
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training crops of `epoch` (call before iterating; workers are re-created per epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records) * self.num_views
+
+    def _load(self, record_index: int, view: int, rng: np.random.Generator | None) -> tuple[np.ndarray, float]:
+        record = self.records[record_index]
+        segment = self.reader(record)
+        start = crop_start(segment.shape[0], self.clip_samples, self.mode, view, self.num_views, rng)
+        return crop_or_pad(segment, start, self.clip_samples), record.start_s + start / self.sample_rate
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        record_index, view = divmod(item, self.num_views)
+        skipped: list[str] = []
+        for attempt in range(self.max_substitutes + 1):
+            # Substitutes are a deterministic function of the item so that a resumed run sees the same data.
+            index = (record_index + attempt * 7919) % len(self.records)
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt]) if self.mode == "train" else None
+            try:
+                waveform, crop_start_s = self._load(index, view, rng)
+                break
+            except AudioReadError as err:
+                if not self.skip_bad_files:
+                    raise
+                skipped.append(str(err))
+        else:
+            raise AudioReadError(
+                f"{self.max_substitutes + 1} consecutive bad files around item {item}; the audio folder looks broken: "
+                + " | ".join(skipped[-3:])
+            )
+        record = self.records[index]
+        out: dict[str, Any] = {
+            "label": encode_labels(record.labels, self.label_format, self.num_classes),
+            "index": index,
+            "view": view,
+            "crop_start_s": crop_start_s,
+            "skipped": skipped,
+        }
+        wave = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
+        if self.pyramid is None:
+            out["waveform"] = wave
+        else:
+            out["playbacks"] = self.pyramid(wave)
+        return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items; "skipped" becomes one flat list of bad-file messages."""
+    skipped = [msg for item in items for msg in item.pop("skipped")]
+    batch = torch.utils.data.default_collate(items)
+    batch["skipped"] = skipped
+    return batch

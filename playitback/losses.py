@@ -1,0 +1,102 @@
+"""Losses. Targets are always float [B, K]: a probability distribution per task block (one-hot, label-smoothed or
+mixed) for single-label and multitask heads, multi-hot for multi-label. One code path serves hard and soft targets.
+
+Shape legend: B batch, K total classes (tasks concatenated), S playbacks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def labels_to_targets(labels: Tensor, class_counts: Sequence[int], multi_label: bool) -> Tensor:
+    """Dataset labels -> float targets [B, K].
+
+    Args:
+        labels: int64 [B] (single-label), float [B, K] multi-hot (multi-label) or int64 [B, n_tasks] (multitask).
+    """
+    if multi_label or labels.is_floating_point():
+        return labels.float()
+    if labels.dim() == 1:
+        return F.one_hot(labels, class_counts[0]).float()
+    return torch.cat([F.one_hot(labels[:, t], c).float() for t, c in enumerate(class_counts)], dim=1)
+
+
+def classification_loss(logits: Tensor, targets: Tensor, class_counts: Sequence[int], multi_label: bool) -> Tensor:
+    """Mean loss of logits [B, K] against targets [B, K]: binary cross-entropy with logits for multi-label, else the
+    cross-entropy of each task block with its (soft) target distribution, averaged over tasks (EPIC: 0.5 (verb + noun))."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+    losses = [
+        -(t * F.log_softmax(z.float(), dim=-1)).sum(-1).mean()
+        for z, t in zip(logits.split(list(class_counts), -1), targets.split(list(class_counts), -1))
+    ]
+    return torch.stack(losses).mean()
+
+
+def true_class_score(logits: Tensor, targets: Tensor, class_counts: Sequence[int], multi_label: bool) -> Tensor:
+    """Per-sample probability of the labelled class(es) [B]: softmax probability of the target class (expected under
+    soft targets), averaged over tasks; for multi-label the mean sigmoid probability of the positive classes."""
+    if multi_label:
+        return (torch.sigmoid(logits.float()) * targets).sum(-1) / targets.sum(-1).clamp_min(1e-6)
+    scores = [
+        (F.softmax(z.float(), dim=-1) * t).sum(-1)
+        for z, t in zip(logits.split(list(class_counts), -1), targets.split(list(class_counts), -1))
+    ]
+    return torch.stack(scores).mean(0)
+
+
+def saliency_loss(pos_logits: Tensor, neg_logits: Tensor, targets: Tensor, class_counts: Sequence[int],
+                  multi_label: bool, margin: float) -> Tensor:
+    """The objective that trains the temporal saliency, averaged over playbacks.
+
+    For every playback, the tokens pooled with the saliency weights ("positive") must classify the clip (a
+    classification loss), and must give the labelled class a probability higher by `margin` than the tokens pooled
+    with the complementary weights ("negative") (a hinge). Both terms reach every saliency parameter through the soft
+    pooling weights. See docs/method.md.
+
+    Args:
+        pos_logits, neg_logits: [S, B, K] encoder-head logits of the positive and negative pooled tokens.
+        targets: [B, K].
+    """
+    terms = []
+    for pos, neg in zip(pos_logits, neg_logits):
+        contrast = true_class_score(pos, targets, class_counts, multi_label) - true_class_score(
+            neg, targets, class_counts, multi_label
+        )
+        hinge = F.relu(margin - contrast).mean()
+        terms.append(classification_loss(pos, targets, class_counts, multi_label) + hinge)
+    return torch.stack(terms).mean()
+
+
+class PlayItBackLoss(nn.Module):
+    """L(fused) + w_aux * sum_i L(playback i) + w_rank * saliency loss; the encoder alone: L(logits).
+
+    Returns a dict of scalar tensors: "loss" (the total to back-propagate) and every term.
+    """
+
+    def __init__(self, class_counts: Sequence[int], multi_label: bool, aux_weight: float = 0.1,
+                 rank_weight: float = 0.1, rank_margin: float = 0.05) -> None:
+        super().__init__()
+        self.class_counts = list(class_counts)
+        self.multi_label = multi_label
+        self.aux_weight = aux_weight
+        self.rank_weight = rank_weight
+        self.rank_margin = rank_margin
+
+    def forward(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
+        """outputs: the model's dict ("logits" [B, K], and for PlayItBack "playback_logits", "pos_logits",
+        "neg_logits" [S, B, K]); targets [B, K]."""
+        fused = classification_loss(outputs["logits"], targets, self.class_counts, self.multi_label)
+        if "playback_logits" not in outputs:
+            return {"loss": fused, "loss_fused": fused}
+        aux = torch.stack([
+            classification_loss(z, targets, self.class_counts, self.multi_label) for z in outputs["playback_logits"]
+        ]).sum()
+        rank = saliency_loss(outputs["pos_logits"], outputs["neg_logits"], targets, self.class_counts,
+                             self.multi_label, self.rank_margin)
+        total = fused + self.aux_weight * aux + self.rank_weight * rank
+        return {"loss": total, "loss_fused": fused, "loss_aux": aux, "loss_saliency": rank}
