@@ -192,8 +192,8 @@ def load_config(
         cfg.SHARD_ID = int(shard_id)
     if num_shards is not None:
         cfg.NUM_SHARDS = int(num_shards)
-    if not errors:
-        errors.extend(validation_errors(cfg))
+    # The tree is complete even when some keys were rejected, so every problem can be reported at once.
+    errors.extend(validation_errors(cfg))
     if errors:
         where = f" in {cfg_file}" if cfg_file else ""
         raise ConfigError(f"{len(errors)} config problem(s){where}:\n  - " + "\n  - ".join(errors))

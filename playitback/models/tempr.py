@@ -197,6 +197,7 @@ class PreNorm(nn.Module):
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Raise a ValueError naming ``name`` and the valid ``choices`` when ``value`` is not one of them."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
 
@@ -251,7 +252,8 @@ class TemPr(nn.Module):
             fusion: How the S playbacks are fused: "mean", "adaptive" (a learnt convolution over playbacks) or
                 "adaptive_concat" (an MLP over the concatenated playbacks).
             fusion_loc: Fuse the reduced "features" (then classify) or the per-playback "predictions" (logits).
-            fusion_dropout: Dropout inside the learnt fusions of features.
+            fusion_dropout: Dropout inside the "adaptive" fusion of features and the "adaptive_concat" fusion (the
+                per-class convolution that fuses predictions has none).
 
         Raises:
             ValueError: On an unknown ``fusion`` or ``fusion_loc``, or a non-positive size.
@@ -292,10 +294,11 @@ class TemPr(nn.Module):
         def feed_forward() -> PreNorm:
             return PreNorm(latent_dim, FeedForward(latent_dim, dropout=ff_dropout))
 
-        tied = (cross_attn(), feed_forward(), self_attn(), feed_forward()) if weight_tie_layers else None
+        tied: tuple[PreNorm, PreNorm, PreNorm, PreNorm] | None = None
         self.layers = nn.ModuleList()
         for i in range(num_playbacks):
-            if tied is not None and i > 0:
+            if weight_tie_layers and i > 0:
+                tied = tied or (cross_attn(), feed_forward(), self_attn(), feed_forward())
                 ca, cf, sa, sf = tied
                 blocks = [nn.ModuleList([sa, sf]) for _ in range(self_per_cross_attn)]
             else:
@@ -315,9 +318,19 @@ class TemPr(nn.Module):
 
     @staticmethod
     def _build_fusion(fusion: str, fusion_loc: str, width: int, num_playbacks: int, dropout: float) -> nn.Module:
-        """Module mapping [B, S, W] to [B, W].
+        """Build the module that fuses the playbacks, mapping [B, S, W] to [B, W].
 
         The learnt convolution sits at index 2, as in the original, so ``fusion.2.weight`` loads from its checkpoints.
+
+        Args:
+            fusion: One of :data:`FUSIONS`.
+            fusion_loc: One of :data:`FUSION_LOCATIONS`.
+            width: Width W being fused (L for features, K for predictions).
+            num_playbacks: Number of playbacks S.
+            dropout: Dropout of the learnt fusions (see ``TemPr``'s ``fusion_dropout``).
+
+        Returns:
+            The fusion module.
         """
         if fusion == "mean":
             return Reduce("b s w -> b w", "mean")
@@ -400,7 +413,10 @@ class TemPr(nn.Module):
         contexts = [self._context(t, i) for i, t in enumerate(tokens)]
         batch = contexts[0].shape[0]
         if any(c.shape[0] != batch for c in contexts):
-            raise ValueError(f"all playbacks must share the batch size; got {[c.shape[0] for c in contexts]}")
+            raise ValueError(
+                f"the playbacks' token tensors have batch sizes {[c.shape[0] for c in contexts]}; "
+                "pass tensors of the same batch, one per playback"
+            )
 
         x = self.latents.expand(batch, -1, -1)  # [B, N, L]
         states = []

@@ -1,0 +1,415 @@
+"""Annotation readers: every supported annotation file becomes a list of :class:`ClipRecord`.
+
+Supported inputs (recognised by extension and content):
+
+* the pickled DataFrames of the original PlayItBack (``test.pkl``, ``EPIC_100_validation.pkl``, ...), loaded through
+  :func:`~playitback.data.safe_pickle.load_dataframe_pickle`, which refuses pickles that could run code;
+* the project's own CSV (header ``uid,source,labels,start_s,stop_s,label_names``), written by
+  :func:`write_records_csv` and by ``tools/prepare_annotations.py``;
+* the official CSVs: VGG-Sound ``vggsound.csv`` (and the original's two-column ``test.csv``), AudioSet
+  ``*_segments.csv`` with ``class_labels_indices.csv``, EPIC-KITCHENS-100 ``EPIC_100_*.csv``.
+
+Class ids. VGG-Sound pickles carry their own ids (neither alphabetical nor first-appearance order); for VGG-Sound CSVs
+the ids come from ``class_index`` when given, else from the sorted class names. A model trained on the original pickles
+therefore needs the pickle's mapping: build it with ``class_index_from_records(read_annotations(pkl, "vggsound"))``
+and pass it as ``class_index``. AudioSet ids are the 0-based rows of ``class_labels_indices.csv``, used unchanged.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import pandas as pd
+
+from playitback.data.records import ClipRecord
+from playitback.data.safe_pickle import UnsafePickleError, load_dataframe_pickle
+
+__all__ = [
+    "AnnotationError",
+    "DATASETS",
+    "PROJECT_CSV_COLUMNS",
+    "class_index_from_records",
+    "class_names_from_records",
+    "read_annotations",
+    "write_records_csv",
+]
+
+DATASETS = ("vggsound", "audioset", "epickitchens")
+PROJECT_CSV_COLUMNS = ("uid", "source", "labels", "start_s", "stop_s", "label_names")
+_LIST_SEPARATOR = ";"
+_PICKLE_SUFFIXES = (".pkl", ".pickle")
+_EPIC_COLUMNS = ("video_id", "start_timestamp", "stop_timestamp", "verb", "verb_class", "noun", "noun_class")
+
+
+class AnnotationError(ValueError):
+    """An annotation file cannot be turned into clip records; the message names the file, the problem and the fix."""
+
+
+def read_annotations(
+    path: str | Path,
+    dataset: str,
+    *,
+    class_index: Mapping[str, int] | None = None,
+    split: str | None = None,
+    class_labels_csv: str | Path | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> list[ClipRecord]:
+    """Read an annotation file of ``dataset`` into clip records.
+
+    Args:
+        path: A pickled DataFrame (``.pkl``/``.pickle``) or a CSV (project, or the dataset's official form).
+        dataset: ``"vggsound"``, ``"audioset"`` or ``"epickitchens"``.
+        class_index: VGG-Sound only: class name -> id. Required to reproduce the ids of a model trained on the
+            original pickles when reading a CSV; overrides the ids stored in a pickle when given.
+        split: ``vggsound.csv`` only: keep the rows of this split (``"train"`` or ``"test"``).
+        class_labels_csv: AudioSet segment CSVs only: the ``class_labels_indices.csv`` that maps mids to ids; looked up
+            next to ``path`` when not given.
+        allow_unsafe_pickle: Load pickles with plain ``pandas.read_pickle``; only for files you trust.
+
+    Returns:
+        One record per clip (VGG-Sound, AudioSet) or per action (EPIC-KITCHENS), in file order.
+
+    Raises:
+        AnnotationError: Missing file, unknown dataset, unreadable or unknown format, missing columns, a class name
+            missing from ``class_index``, or an option that does not apply to this file.
+    """
+    path = Path(path)
+    if dataset not in DATASETS:
+        raise AnnotationError(f"{path}: unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found; check the path (and the *.ANNOTATIONS_DIR key)")
+    if class_index is not None and dataset != "vggsound":
+        raise AnnotationError(
+            f"{path}: class_index applies to VGG-Sound only; {dataset} files carry their own ids, drop the argument"
+        )
+    suffix = path.suffix.lower()
+    if suffix in _PICKLE_SUFFIXES:
+        frame = _load_pickle(path, allow_unsafe_pickle)
+        _reject_option(path, "split", split, "pickles hold one split each; pick the file of that split")
+        _reject_option(path, "class_labels_csv", class_labels_csv, "pickles carry their class ids")
+        return _records_from_frame(path, frame, dataset, class_index)
+    if suffix == ".csv":
+        return _read_csv(path, dataset, class_index, split, class_labels_csv)
+    raise AnnotationError(
+        f"{path}: unknown annotation format {suffix or '(no extension)'!r}; give a .pkl/.pickle DataFrame or a .csv"
+    )
+
+
+def write_records_csv(records: Iterable[ClipRecord], path: str | Path) -> None:
+    """Write records in the project CSV form (read back by :func:`read_annotations` for any dataset).
+
+    Labels and label names are joined with ``";"``; an open-ended segment has an empty ``stop_s``. Floats are written
+    with ``repr`` so that reading gives back the identical value.
+
+    Args:
+        records: The records to write.
+        path: Output CSV; its folder is created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PROJECT_CSV_COLUMNS)
+        for record in records:
+            for name in record.label_names:
+                if _LIST_SEPARATOR in name:
+                    raise AnnotationError(
+                        f"{path}: label name {name!r} of clip {record.uid!r} contains {_LIST_SEPARATOR!r}, the list "
+                        "separator of the project CSV; rename the class"
+                    )
+            writer.writerow(
+                (
+                    record.uid,
+                    record.source,
+                    _LIST_SEPARATOR.join(str(label) for label in record.labels),
+                    repr(float(record.start_s)),
+                    "" if record.stop_s is None else repr(float(record.stop_s)),
+                    _LIST_SEPARATOR.join(record.label_names),
+                )
+            )
+
+
+def class_index_from_records(records: Iterable[ClipRecord]) -> dict[str, int]:
+    """The class name -> id mapping that ``records`` use (pass it as ``class_index`` when reading CSVs).
+
+    Meant for VGG-Sound and AudioSet records, whose label names and ids share one class space.
+
+    Args:
+        records: Records with ``label_names``.
+
+    Returns:
+        ``{name: id}`` sorted by id.
+
+    Raises:
+        AnnotationError: A name appears with two different ids.
+    """
+    index: dict[str, int] = {}
+    for record in records:
+        for name, label in zip(record.label_names, record.labels, strict=False):
+            if index.setdefault(name, label) != label:
+                raise AnnotationError(
+                    f"class {name!r} has ids {index[name]} and {label} (clip {record.uid!r}); the records mix two "
+                    "class mappings, read them from one annotation source"
+                )
+    return dict(sorted(index.items(), key=lambda item: item[1]))
+
+
+def class_names_from_records(records: Iterable[ClipRecord], num_classes: int) -> list[str]:
+    """Names of classes ``0 .. num_classes - 1`` as the records give them.
+
+    Classes that never occur in ``records`` are named by their id (``"17"``), so the list always has
+    ``num_classes`` entries.
+
+    Args:
+        records: VGG-Sound or AudioSet records with ``label_names``.
+        num_classes: Size of the class space.
+
+    Returns:
+        ``names[i]`` is the name of class ``i``.
+
+    Raises:
+        AnnotationError: A record's id is outside ``[0, num_classes)``, or a name has two ids.
+    """
+    names = [str(i) for i in range(num_classes)]
+    for name, label in class_index_from_records(records).items():
+        if not 0 <= label < num_classes:
+            raise AnnotationError(
+                f"class {name!r} has id {label}, outside [0, {num_classes}); set the number of classes to at least "
+                f"{label + 1}"
+            )
+        names[label] = name
+    return names
+
+
+def _reject_option(path: Path, name: str, value: object, why: str) -> None:
+    if value is not None:
+        raise AnnotationError(f"{path}: the {name} option does not apply to this file ({why}); drop it")
+
+
+def _load_pickle(path: Path, allow_unsafe: bool) -> pd.DataFrame:
+    try:
+        return load_dataframe_pickle(path, allow_unsafe=allow_unsafe)
+    except UnsafePickleError as err:
+        raise AnnotationError(str(err)) from err
+    except pickle.UnpicklingError as err:
+        raise AnnotationError(
+            f"{err}; regenerate the file or convert it to CSV with tools/prepare_annotations.py"
+        ) from err
+
+
+def _require_columns(path: Path, frame: pd.DataFrame, columns: Sequence[str], dataset: str) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise AnnotationError(
+            f"{path}: missing column(s) {', '.join(missing)} for {dataset} "
+            f"(found: {', '.join(map(str, frame.columns))});"
+            f" check that this is a {dataset} annotation file and that the dataset argument is right"
+        )
+
+
+def _stem(video: str) -> str:
+    """File name without its extension (``.mp4``, ``.wav``, ... of any length)."""
+    return os.path.splitext(str(video))[0]
+
+
+def _records_from_frame(
+    path: Path, frame: pd.DataFrame, dataset: str, class_index: Mapping[str, int] | None
+) -> list[ClipRecord]:
+    """Records from a DataFrame in the original pickles' schema (also used for the CSV twins)."""
+    if dataset == "vggsound":
+        _require_columns(path, frame, ("video", "class"), dataset)
+        names = [str(name) for name in frame["class"]]
+        if class_index is not None:
+            ids = _lookup_ids(path, names, class_index)
+        elif "class_id" in frame.columns:
+            ids = [int(i) for i in frame["class_id"]]
+        else:
+            ids = _lookup_ids(path, names, {name: i for i, name in enumerate(sorted(set(names)))})
+        return [
+            ClipRecord(uid=_stem(video), source=f"{name}/{_stem(video)}", labels=(label,), label_names=(name,))
+            for video, name, label in zip(frame["video"], names, ids, strict=True)
+        ]
+    if dataset == "audioset":
+        _require_columns(path, frame, ("video", "classes", "class_ids"), dataset)
+        return [
+            ClipRecord(
+                uid=_stem(video),
+                source=_stem(video),
+                labels=tuple(int(i) for i in ids),
+                label_names=tuple(str(name) for name in names),
+            )
+            for video, names, ids in zip(frame["video"], frame["classes"], frame["class_ids"], strict=True)
+        ]
+    if "narration_id" in frame.columns:
+        frame = frame.set_index("narration_id")
+    _require_columns(path, frame, _EPIC_COLUMNS, dataset)
+    return [
+        ClipRecord(
+            uid=str(uid),
+            source=str(video),
+            labels=(int(verb_class), int(noun_class)),
+            start_s=_timestamp_seconds(path, uid, start),
+            stop_s=_timestamp_seconds(path, uid, stop),
+            label_names=(str(verb), str(noun)),
+        )
+        for uid, video, start, stop, verb, verb_class, noun, noun_class in zip(
+            frame.index, *(frame[column] for column in _EPIC_COLUMNS), strict=True
+        )
+    ]
+
+
+def _lookup_ids(path: Path, names: Sequence[str], class_index: Mapping[str, int]) -> list[int]:
+    try:
+        return [int(class_index[name]) for name in names]
+    except KeyError as err:
+        raise AnnotationError(
+            f"{path}: class {err.args[0]!r} is not in class_index ({len(class_index)} classes); pass the mapping of "
+            "the whole dataset (e.g. class_index_from_records of the training pickle)"
+        ) from None
+
+
+def _timestamp_seconds(path: Path, uid: object, stamp: object) -> float:
+    """``HH:MM:SS.ff`` or ``HH:MM:SS.fff`` -> seconds; the fraction is read as a decimal (fixes the original's /100)."""
+    try:
+        hours, minutes, seconds = str(stamp).split(":")
+        return float(Decimal(hours) * 3600 + Decimal(minutes) * 60 + Decimal(seconds))
+    except (ValueError, InvalidOperation):
+        raise AnnotationError(
+            f"{path}: action {uid}: timestamp {stamp!r} is not HH:MM:SS.ff; fix the row or regenerate the file"
+        ) from None
+
+
+def _first_data_line(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip() and not line.startswith("#"):
+                return line
+    raise AnnotationError(f"{path}: the CSV has no data rows; check the file")
+
+
+def _read_csv(
+    path: Path,
+    dataset: str,
+    class_index: Mapping[str, int] | None,
+    split: str | None,
+    class_labels_csv: str | Path | None,
+) -> list[ClipRecord]:
+    first = next(csv.reader([_first_data_line(path)], skipinitialspace=True))
+    if tuple(cell.strip() for cell in first) == PROJECT_CSV_COLUMNS:
+        _reject_option(path, "split", split, "project CSVs hold one split each")
+        _reject_option(path, "class_labels_csv", class_labels_csv, "project CSVs carry their class ids")
+        return _read_project_csv(path, class_index)
+    if dataset == "epickitchens":
+        if first[0].strip() != "narration_id":
+            raise AnnotationError(
+                f"{path}: not an EPIC-KITCHENS-100 CSV (the header must start with narration_id) nor a project CSV; "
+                "give an EPIC_100_*.csv or a file written by tools/prepare_annotations.py"
+            )
+        _reject_option(path, "split", split, "EPIC-KITCHENS CSVs hold one split each")
+        _reject_option(path, "class_labels_csv", class_labels_csv, "EPIC-KITCHENS rows carry verb/noun ids")
+        frame = _read_frame(path, header=0)
+        return _records_from_frame(path, frame, dataset, None)
+    if dataset == "audioset":
+        if len(first) != 4:
+            raise AnnotationError(
+                f"{path}: not an AudioSet segments CSV (rows must be YTID, start, end, \"mid,...\"; found {len(first)} "
+                "columns) nor a project CSV; give eval_segments.csv / *_train_segments.csv"
+            )
+        _reject_option(path, "split", split, "AudioSet segment files hold one split each")
+        return _read_audioset_segments(path, class_labels_csv)
+    _reject_option(path, "class_labels_csv", class_labels_csv, "it is an AudioSet option")
+    if len(first) == 4:
+        frame = _read_frame(path, header=None, names=["youtube_id", "start_seconds", "class", "split"])
+        # Ids come from all rows, before the split filter, so train and test files of one CSV agree.
+        if class_index is None:
+            class_index = {name: i for i, name in enumerate(sorted(set(map(str, frame["class"]))))}
+        if split is not None:
+            if split not in set(frame["split"]):
+                raise AnnotationError(
+                    f"{path}: no rows of split {split!r} (splits present: {', '.join(sorted(set(frame['split'])))}); "
+                    "use one of those"
+                )
+            frame = frame[frame["split"] == split]
+        videos = [f"{vid}_{int(float(start)):06d}" for vid, start in zip(frame["youtube_id"], frame["start_seconds"])]
+        frame = pd.DataFrame({"video": videos, "class": frame["class"].to_numpy()})
+    elif len(first) == 2:
+        _reject_option(path, "split", split, "a two-column video,class CSV has no split column")
+        frame = _read_frame(path, header=None, names=["video", "class"])
+    else:
+        raise AnnotationError(
+            f"{path}: not a VGG-Sound CSV (expected 4 columns youtube_id,start,label,split or 2 columns video,class; "
+            f"found {len(first)}) nor a project CSV"
+        )
+    return _records_from_frame(path, frame, dataset, class_index)
+
+
+def _read_frame(path: Path, **kwargs: object) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: unreadable CSV ({err}); check the file") from err
+
+
+def _read_project_csv(path: Path, class_index: Mapping[str, int] | None) -> list[ClipRecord]:
+    records = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        for line, row in enumerate(reader, start=2):
+            try:
+                names = tuple(row["label_names"].split(_LIST_SEPARATOR)) if row["label_names"] else ()
+                labels = tuple(int(label) for label in row["labels"].split(_LIST_SEPARATOR)) if row["labels"] else ()
+                if class_index is not None:
+                    labels = tuple(_lookup_ids(path, names, class_index))
+                records.append(
+                    ClipRecord(
+                        uid=row["uid"],
+                        source=row["source"],
+                        labels=labels,
+                        start_s=float(row["start_s"]),
+                        stop_s=float(row["stop_s"]) if row["stop_s"] else None,
+                        label_names=names,
+                    )
+                )
+            except AnnotationError:
+                raise
+            except (TypeError, ValueError, AttributeError) as err:
+                raise AnnotationError(f"{path}: line {line} is malformed ({err}); fix or regenerate the file") from None
+    return records
+
+
+def _read_audioset_segments(path: Path, class_labels_csv: str | Path | None) -> list[ClipRecord]:
+    labels_path = Path(class_labels_csv) if class_labels_csv is not None else path.with_name("class_labels_indices.csv")
+    if not labels_path.is_file():
+        raise AnnotationError(
+            f"{path}: AudioSet segments need class_labels_indices.csv, not found at {labels_path}; put it next to the "
+            "segments file or pass class_labels_csv"
+        )
+    labels_frame = _read_frame(labels_path, header=0)
+    _require_columns(labels_path, labels_frame, ("index", "mid", "display_name"), "audioset")
+    mid_to_id = {mid: int(index) for index, mid in zip(labels_frame["index"], labels_frame["mid"], strict=True)}
+    id_to_name = dict(zip(mid_to_id.values(), labels_frame["display_name"], strict=True))
+    records = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = csv.reader((line for line in handle if not line.startswith("#")), skipinitialspace=True)
+        for row in rows:
+            if not row:
+                continue
+            try:
+                ytid, start, end, mids = row
+                ids = tuple(mid_to_id[mid] for mid in mids.split(","))
+                stem = f"{ytid}_{int(float(start))}_{int(float(end))}"
+            except ValueError:
+                raise AnnotationError(f"{path}: malformed segment row {row}; fix or regenerate the file") from None
+            except KeyError as err:
+                raise AnnotationError(
+                    f"{path}: label {err.args[0]!r} of {ytid} is not in {labels_path}; use the "
+                    "class_labels_indices.csv of the same AudioSet release"
+                ) from None
+            records.append(
+                ClipRecord(uid=stem, source=stem, labels=ids, label_names=tuple(id_to_name[i] for i in ids))
+            )
+    return records

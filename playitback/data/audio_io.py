@@ -1,0 +1,206 @@
+"""Audio decoding: files through soundfile (libsndfile), EPIC-KITCHENS recordings through h5py.
+
+Readers return the whole ``[start_s, stop_s)`` segment of a record as float32 mono at the requested rate; cropping to
+the clip length is the dataset's job. Stereo is down-mixed by the channel mean and other rates are resampled with
+soxr, so the original's failures on stereo files (B38) and at unexpected rates (B3) become conversions, and broken
+files raise :class:`AudioReadError` naming the file.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import soundfile as sf
+import soxr
+
+from playitback.data.records import ClipRecord
+
+__all__ = ["AudioReadError", "FileAudioReader", "Hdf5AudioReader", "read_audio_file"]
+
+_RESAMPLE_QUALITY = "HQ"
+
+
+class AudioReadError(RuntimeError):
+    """An audio file or HDF5 entry cannot be read; the message names the file and the problem."""
+
+
+def _segment_frames(where: str, total: int, rate: int, start_s: float, stop_s: float | None) -> tuple[int, int]:
+    """``[start_s, stop_s)`` in seconds -> ``[first, last)`` frame indices at ``rate``, clamped to ``total`` frames.
+
+    An annotated stop slightly past the end (common with EPIC-KITCHENS timestamps) is clamped; a segment that starts
+    at or after the end of the audio is an error.
+    """
+    first = round(start_s * rate)
+    last = total if stop_s is None else min(round(stop_s * rate), total)
+    if first < 0 or first >= total or last <= first:
+        raise AudioReadError(
+            f"{where}: segment [{start_s}, {stop_s}) s is empty or outside the audio ({total / rate:.3f} s long); "
+            "check the annotation times against the audio"
+        )
+    return first, last
+
+
+def _finish(where: str, samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Check and resample decoded mono samples.
+
+    Args:
+        where: File (and key) for error messages.
+        samples: Decoded audio, ``[S_in]``.
+        rate: The audio's rate.
+        sample_rate: The rate to return.
+
+    Returns:
+        float32 ``[S]`` with ``S = ceil(S_in * sample_rate / rate)`` (soxr's length).
+    """
+    if samples.size == 0:
+        raise AudioReadError(f"{where}: no audio samples after decoding (empty file); re-extract the audio")
+    if not np.isfinite(samples).all():
+        raise AudioReadError(f"{where}: the audio holds NaN or infinite samples; re-extract the audio")
+    if rate != sample_rate:
+        samples = soxr.resample(samples, rate, sample_rate, quality=_RESAMPLE_QUALITY)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def read_audio_file(
+    path: str | Path, sample_rate: int, start_s: float = 0.0, stop_s: float | None = None
+) -> np.ndarray:
+    """Decode ``[start_s, stop_s)`` of an audio file (wav/flac/ogg) to float32 mono at ``sample_rate``.
+
+    Only the requested frames are read (seek), channels are averaged, and another rate is resampled with soxr (HQ).
+
+    Args:
+        path: Audio file.
+        sample_rate: Output rate in Hz.
+        start_s: Segment start in seconds.
+        stop_s: Segment end in seconds (clamped to the file's end); ``None`` reads to the end.
+
+    Returns:
+        Waveform ``[S]``, S the number of samples of the segment at ``sample_rate``.
+
+    Raises:
+        AudioReadError: The file is missing, not decodable audio, truncated, empty, holds NaN/inf samples, or the
+            segment lies outside it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioReadError(f"{path}: audio file not found; check the audio folder and the annotation's source")
+    try:
+        with sf.SoundFile(path) as handle:
+            rate = handle.samplerate
+            if handle.frames == 0:
+                raise AudioReadError(f"{path}: no audio samples after decoding (empty file); re-extract the audio")
+            first, last = _segment_frames(str(path), handle.frames, rate, start_s, stop_s)
+            if first:
+                handle.seek(first)
+            frames = handle.read(last - first, dtype="float32", always_2d=True)
+    except AudioReadError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioReadError(
+            f"{path}: cannot decode as audio ({err}); the file is corrupt or not wav/flac/ogg"
+        ) from err
+    if len(frames) != last - first:
+        raise AudioReadError(
+            f"{path}: truncated: the header promises {last - first} frames from frame {first}, only {len(frames)} "
+            "could be decoded; re-extract the audio"
+        )
+    return _finish(str(path), frames.mean(axis=1), rate, sample_rate)
+
+
+class FileAudioReader:
+    """Reads one audio file per record: ``root / (record.source + extension)`` (VGG-Sound, AudioSet, own folders).
+
+    Args:
+        root: Audio root folder.
+        extension: File extension, with or without the dot (``"wav"``, ``".flac"``).
+        sample_rate: Output rate in Hz.
+    """
+
+    def __init__(self, root: str | Path, extension: str, sample_rate: int) -> None:
+        self.root = Path(root)
+        self.extension = extension if extension.startswith(".") else f".{extension}"
+        self.sample_rate = sample_rate
+
+    def path(self, record: ClipRecord) -> Path:
+        """The audio file of ``record`` (the source may contain dots, so the extension is appended, not swapped)."""
+        return self.root / f"{record.source}{self.extension}"
+
+    def __call__(self, record: ClipRecord) -> np.ndarray:
+        """The record's ``[start_s, stop_s)`` segment as float32 ``[S]`` at ``sample_rate``."""
+        return read_audio_file(self.path(record), self.sample_rate, record.start_s, record.stop_s)
+
+
+class Hdf5AudioReader:
+    """Reads record segments from one HDF5 file holding a 1-D dataset per untrimmed recording (EPIC-KITCHENS).
+
+    The file opens on first use, so an unopened reader pickles into DataLoader workers and each worker opens its own
+    handle. Only the slice ``[start_s, stop_s)`` is read from disk. The stored rate is the dataset attribute
+    ``sample_rate`` (else the file attribute of that name); a different rate is resampled, and a missing one is taken to
+    be ``sample_rate`` with a single warning. Integer PCM datasets are scaled to [-1, 1).
+
+    Args:
+        path: The HDF5 file.
+        sample_rate: Output rate in Hz.
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int) -> None:
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self._file: h5py.File | None = None
+        self._warned_rate = False
+        if not self.path.is_file():
+            raise AudioReadError(f"{self.path}: HDF5 audio file not found; check EPICKITCHENS.AUDIO_DATA_FILE")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def _open(self) -> h5py.File:
+        if self._file is None:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as err:
+                raise AudioReadError(f"{self.path}: cannot open as HDF5 ({err}); check the file") from err
+        return self._file
+
+    def _rate(self, dataset: h5py.Dataset) -> int:
+        rate = dataset.attrs.get("sample_rate", dataset.file.attrs.get("sample_rate"))
+        if rate is not None:
+            return int(rate)
+        if not self._warned_rate:
+            warnings.warn(
+                f"{self.path}: no 'sample_rate' attribute on the datasets or the file; assuming {self.sample_rate} Hz. "
+                "Add the attribute (h5py: f[key].attrs['sample_rate'] = rate) so a wrong rate cannot go unnoticed.",
+                stacklevel=3,
+            )
+            self._warned_rate = True
+        return self.sample_rate
+
+    def __call__(self, record: ClipRecord) -> np.ndarray:
+        """The record's ``[start_s, stop_s)`` segment of recording ``record.source``, float32 ``[S]``."""
+        handle = self._open()
+        where = f"{self.path} [{record.source}]"
+        if record.source not in handle:
+            raise AudioReadError(
+                f"{self.path}: no dataset for recording {record.source!r}; rebuild the HDF5 with that video included"
+            )
+        dataset = handle[record.source]
+        if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1:
+            raise AudioReadError(f"{where}: expected a 1-D audio dataset, found {dataset}; rebuild the HDF5")
+        rate = self._rate(dataset)
+        first, last = _segment_frames(where, dataset.shape[0], rate, record.start_s, record.stop_s)
+        samples = dataset[first:last]
+        if np.issubdtype(samples.dtype, np.integer):
+            samples = samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
+        return _finish(where, samples.astype(np.float32, copy=False), rate, self.sample_rate)
+
+    def close(self) -> None:
+        """Close the HDF5 handle (reopened on the next call)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,222 @@
+"""Checkpoint files: atomic writes, safe (weights-only) loading, epoch discovery for auto-resume, RNG state.
+
+Layout: ``OUTPUT_DIR/checkpoints/checkpoint_epoch_{NNNNN}.pyth`` (NNNNN = number of finished epochs, 1-based) and
+``OUTPUT_DIR/checkpoints/checkpoint_best.pyth``. Every checkpoint must load with ``torch.load(weights_only=True)``:
+tensors, numbers, strings, lists, tuples and dicts only, so loading a checkpoint never runs code from the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = r"checkpoint_epoch_(\d{5})\.pyth"
+CHECKPOINT_DIRNAME = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: truncated, corrupt, or refused by weights-only loading."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds arbitrary pickled Python objects, so loading it could run code from the file."""
+
+
+def checkpoint_path(output_dir: str | Path, epoch: int) -> Path:
+    """Path of the checkpoint written after ``epoch`` finished epochs.
+
+    Args:
+        output_dir: The run's OUTPUT_DIR.
+        epoch: 1-based epoch number on disk, i.e. the trainer's 0-based ``cur_epoch + 1``.
+
+    Returns:
+        ``output_dir/checkpoints/checkpoint_epoch_{epoch:05d}.pyth``.
+    """
+    if not 1 <= epoch <= 99999:
+        raise ValueError(f"checkpoint epoch must be in [1, 99999] (the 0-based epoch + 1), got {epoch}")
+    return Path(output_dir) / CHECKPOINT_DIRNAME / f"checkpoint_epoch_{epoch:05d}.pyth"
+
+
+def best_checkpoint_path(output_dir: str | Path) -> Path:
+    """Path of the best-so-far checkpoint, ``output_dir/checkpoints/checkpoint_best.pyth``."""
+    return Path(output_dir) / CHECKPOINT_DIRNAME / "checkpoint_best.pyth"
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; platforms without directory file descriptors (Windows) skip it.
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Writes ``state`` atomically: the final path holds either the old file or the complete new one.
+
+    The state goes to a temporary file in the same directory (a name no checkpoint listing matches), is flushed and
+    fsynced, checked to load with ``weights_only=True``, and renamed over ``path``; the directory is then fsynced so
+    the rename survives a power loss. On any error the temporary file is removed and the old file stays intact.
+
+    Args:
+        path: Destination file.
+        state: Checkpoint dict of tensors, numbers, strings, lists, tuples and dicts.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # A state the trainer cannot resume from must fail now, not when resuming; mmap keeps this check cheap.
+        try:
+            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise CheckpointError(
+                f"refusing to write {path}: the state does not load with weights_only=True ({err}); store only "
+                "tensors, numbers, strings, lists, tuples and dicts (e.g. the config as its YAML string)"
+            ) from err
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Loads a checkpoint on the CPU with ``weights_only=True``.
+
+    Args:
+        path: Checkpoint file.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        UnsafeCheckpointError: If the file holds pickled Python objects beyond tensors and plain containers.
+        CheckpointError: If the file is truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            unsafe = []
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {path}: it contains pickled Python objects ({', '.join(unsafe)}), and "
+                "unpickling them can run arbitrary code from the file. If you trust its origin, convert it once: "
+                "load it with torch.load(path, weights_only=False), replace those objects by tensors and plain "
+                "Python types (numpy arrays by torch.from_numpy(...), a config object by its YAML string) and "
+                "save the result with torch.save"
+            ) from err
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be loaded: {err}") from err
+
+
+def list_epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Epoch checkpoints of a run, sorted by epoch number.
+
+    Only names matching :data:`CHECKPOINT_RE` count, so ``checkpoint_best.pyth`` and temporary files are ignored.
+
+    Args:
+        output_dir: The run's OUTPUT_DIR.
+
+    Returns:
+        (1-based epoch, path) pairs in ascending epoch order; empty when there are none.
+    """
+    directory = Path(output_dir) / CHECKPOINT_DIRNAME
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = re.fullmatch(CHECKPOINT_RE, entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_valid_checkpoint(output_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest epoch checkpoint that loads, for auto-resume.
+
+    A truncated or corrupt checkpoint is skipped with a logged warning naming it, and the previous epoch is tried.
+    A checkpoint refused as unsafe is not skipped: :class:`UnsafeCheckpointError` propagates, because silently
+    resuming from an older epoch would hide it.
+
+    Args:
+        output_dir: The run's OUTPUT_DIR.
+
+    Returns:
+        (path, checkpoint dict), or None when no epoch checkpoint loads.
+    """
+    for _, path in reversed(list_epoch_checkpoints(output_dir)):
+        try:
+            return path, load_checkpoint_file(path)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as err:
+            logger.warning("skipping checkpoint %s for resumption: %s", path, err)
+    return None
+
+
+def rng_state() -> dict:
+    """The state of every random generator, in types that load with ``weights_only=True``.
+
+    Covers Python ``random``, numpy's global generator (as tensors instead of numpy arrays), torch's CPU generator and,
+    when CUDA is available, every CUDA device's generator.
+
+    Returns:
+        A dict for :func:`set_rng_state`.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores the generators saved by :func:`rng_state`.
+
+    CUDA states are restored for the devices present in both the saved state and this machine; a mismatch in the
+    device count is logged.
+
+    Args:
+        state: The dict from :func:`rng_state` (possibly after a save/load round trip).
+    """
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        saved, present = state["cuda"], torch.cuda.device_count()
+        if len(saved) != present:
+            logger.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d; restoring %d",
+                           len(saved), present, min(len(saved), present))
+        for device, device_state in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(device_state, device)

@@ -1,0 +1,89 @@
+"""The task: one batch from the loader to the model's outputs and the loss dict.
+
+Everything a step needs besides the optimiser lives here (device transfer, the on-device front-end, SpecAugment,
+MixUp, autocast, the loss), so the training loop stays free of model- or dataset-specific branches.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from playitback.data.augment import MixUp, spec_augment
+from playitback.losses import PlayItBackLoss, labels_to_targets
+
+
+@dataclass(frozen=True)
+class SpecAugmentSettings:
+    """Sizes of SpecAugment (frames and mel bins)."""
+
+    time_warp: int = 5
+    freq_mask: int = 27
+    num_freq_masks: int = 2
+    time_mask: int = 25
+    num_time_masks: int = 2
+
+
+class ClassificationTask:
+    """Batch -> inputs on the device -> model -> loss dict.
+
+    Args:
+        model: PlayItBack or EncoderClassifier (possibly wrapped in DDP or compiled).
+        loss_fn: maps (outputs, targets [B, K]) to a dict whose "loss" is back-propagated.
+        class_counts: classes per head (targets are [B, sum(class_counts)]).
+        multi_label: multi-hot targets.
+        device: where the model runs.
+        pyramid: the on-device front-end (waveform [B, S] -> playbacks), used when batches carry waveforms.
+        spec_augment_settings: SpecAugment in training, or None.
+        mixup: MixUp/CutMix in training, or None.
+        amp_dtype: autocast dtype in training, or None for fp32.
+        generator: CPU generator of the augmentation randomness (its state is checkpointed).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: PlayItBackLoss, *, class_counts: Sequence[int], multi_label: bool,
+                 device: torch.device, pyramid: nn.Module | None = None,
+                 spec_augment_settings: SpecAugmentSettings | None = None, mixup: MixUp | None = None,
+                 amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.class_counts = list(class_counts)
+        self.multi_label = multi_label
+        self.device = device
+        self.pyramid = pyramid
+        self.spec_augment_settings = spec_augment_settings
+        self.mixup = mixup
+        self.amp_dtype = amp_dtype
+        self.generator = generator if generator is not None else torch.Generator()
+
+    def inputs(self, batch: dict[str, Any], train: bool) -> tuple[list[Tensor], Tensor]:
+        """(playbacks: S tensors [B, T0 * (i + 1), F] on the device, targets [B, K])."""
+        if "playbacks" in batch:
+            playbacks = [p.to(self.device, non_blocking=True) for p in batch["playbacks"]]
+        else:
+            if self.pyramid is None:
+                raise ValueError("the batch holds waveforms but the task has no front-end (pyramid) to render them")
+            playbacks = self.pyramid(batch["waveform"].to(self.device, non_blocking=True))
+        labels = batch["label"].to(self.device, non_blocking=True)
+        if train and self.spec_augment_settings is not None:
+            settings = self.spec_augment_settings
+            playbacks = [
+                spec_augment(p, self.generator, time_warp=settings.time_warp, freq_mask=settings.freq_mask,
+                             num_freq_masks=settings.num_freq_masks, time_mask=settings.time_mask,
+                             num_time_masks=settings.num_time_masks)
+                for p in playbacks
+            ]
+        if train and self.mixup is not None:
+            return self.mixup(playbacks, labels, self.generator)
+        return playbacks, labels_to_targets(labels, self.class_counts, self.multi_label)
+
+    def step(self, batch: dict[str, Any], train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """Forward one batch: (model outputs, loss dict, targets [B, K])."""
+        playbacks, targets = self.inputs(batch, train)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=train and self.amp_dtype is not None):
+            outputs = self.model(playbacks)
+        outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+        return outputs, self.loss_fn(outputs, targets), targets

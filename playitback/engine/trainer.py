@@ -1,0 +1,611 @@
+"""Training, validation and testing: `train(cfg)` and `test(cfg)`, what tools/run_net.py launches in every process.
+
+The loop is thin glue over a :class:`ClassificationTask`; its effects are written out in order (no hooks):
+per iteration LR -> forward -> loss dict -> finite check -> scaled backward -> clip -> step; per epoch validate ->
+checkpoint (atomic) -> best checkpoint. A checkpoint holds everything an exact resumption needs (model, optimiser,
+scaler, RNG states, the augmentation generator and the position inside the epoch), and SIGTERM/SIGUSR1 save one at
+the next step and stop (SLURM preemption).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from fvcore.common.config import CfgNode
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from playitback.config import derived, dump_config
+from playitback.data.augment import MixUp
+from playitback.data.build import build_dataset, build_loader, build_pyramid, frontend_on_device
+from playitback.data.dataset import AudioClipDataset
+from playitback.engine import checkpoint as ckpt
+from playitback.engine.optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
+from playitback.engine.task import ClassificationTask, SpecAugmentSettings
+from playitback.losses import PlayItBackLoss
+from playitback.metrics import ViewEnsemble, classification_metrics
+from playitback.models import build_model
+from playitback.models.replay import salient_runs
+from playitback.models.weights import remap_state_dict
+from playitback.utils import distributed as du
+from playitback.utils.logging import MetricWriter, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TooManyBadFilesError(RuntimeError):
+    """More than DATA_LOADER.MAX_BAD_FRACTION of an epoch's items could not be read."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Set-up shared by train and test.
+# ---------------------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (each process passes seed + rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(cfg: CfgNode) -> torch.device:
+    """The process's device: its GPU when NUM_GPUS > 0, else the CPU."""
+    if cfg.NUM_GPUS > 0:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"NUM_GPUS is {cfg.NUM_GPUS} but no GPU is visible; pass NUM_GPUS 0 to run on the CPU")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def amp_dtype(cfg: CfgNode, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of training, or None (fp32). fp16 autocast is a GPU feature; the CPU uses bfloat16."""
+    if not cfg.TRAIN.MIXED_PRECISION:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg.TRAIN.AMP_DTYPE == "bfloat16" else None
+    return torch.bfloat16 if cfg.TRAIN.AMP_DTYPE == "bfloat16" else torch.float16
+
+
+def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool) -> ClassificationTask:
+    """The task of a config: loss, on-device front-end, SpecAugment and MixUp (training only), autocast."""
+    counts = derived.class_counts(cfg)
+    loss_fn = PlayItBackLoss(counts, cfg.DATA.MULTI_LABEL, aux_weight=cfg.MODEL.AUX_LOSS_WEIGHT,
+                             rank_weight=cfg.MODEL.RANK_LOSS_WEIGHT, rank_margin=cfg.MODEL.RANK_MARGIN)
+    augment = cfg.SPEC_AUGMENT
+    mixup = cfg.MIXUP
+    return ClassificationTask(
+        model,
+        loss_fn,
+        class_counts=counts,
+        multi_label=cfg.DATA.MULTI_LABEL,
+        device=device,
+        pyramid=build_pyramid(cfg).to(device) if frontend_on_device(cfg) else None,
+        spec_augment_settings=SpecAugmentSettings(augment.TIME_WARP, augment.FREQ_MASK, augment.NUM_FREQ_MASKS,
+                                                  augment.TIME_MASK, augment.NUM_TIME_MASKS)
+        if train and augment.ENABLE else None,
+        mixup=MixUp(counts, multi_label=cfg.DATA.MULTI_LABEL, mixup_alpha=mixup.ALPHA, cutmix_alpha=mixup.CUTMIX_ALPHA,
+                    prob=mixup.PROB, switch_prob=mixup.SWITCH_PROB, label_smoothing=mixup.LABEL_SMOOTH_VALUE)
+        if train and mixup.ENABLE else None,
+        amp_dtype=amp_dtype(cfg, device) if train else None,
+        generator=torch.Generator().manual_seed(cfg.RNG_SEED * 1000 + du.get_rank()),
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = ()) -> tuple[dict, bool]:
+    """Load model weights from a checkpoint (PlayItBack, encoder pretraining, or a bare/ImageNet MViTv2 state dict).
+
+    Returns (the checkpoint dict, whether its optimizer state may be restored: only when every model key came from it
+    under the same name).
+    """
+    checkpoint = ckpt.load_checkpoint_file(path)
+    source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
+    mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
+    model.load_state_dict(mapped, strict=False)
+    logger.info("loaded weights from %s: %s", path, report.summary())
+    if not report.loaded:
+        raise ckpt.CheckpointError(
+            f"no weight of {path} matches this model (different architecture or class count?): {report.summary()}"
+        )
+    return checkpoint, not report.missing and not report.remapped
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    """Parameter counts in millions: total and trainable, per top-level module."""
+    counts = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+              "trainable_params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
+    for name, child in model.named_children():
+        counts[f"{name}_params_M"] = sum(p.numel() for p in child.parameters()) / 1e6
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Preemption.
+# ---------------------------------------------------------------------------------------------------------------------
+class StopRequest:
+    """Set by SIGTERM or SIGUSR1 (SLURM preemption): the loop saves a checkpoint at the next step and stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any process was asked to stop (every process must stop at the same step)."""
+        if du.get_world_size() == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        return bool(du.all_reduce_sum(flag).item() > 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training.
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint records besides the modules."""
+
+    epoch: int = 0  # the epoch being trained (0-based)
+    iteration: int = 0  # batches of that epoch already done
+    global_step: int = 0
+    best_metric: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def primary_metric(metrics: dict[str, float], cfg: CfgNode) -> float:
+    """The validation metric that selects checkpoint_best (higher is better): action top-1 (EPIC), mAP (multi-label)
+    or top-1 accuracy."""
+    if cfg.MODEL.MULTITASK:
+        return metrics["action_top1_acc"]
+    return metrics["mAP"] if cfg.DATA.MULTI_LABEL else metrics["top1_acc"]
+
+
+def _checkpoint_state(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      task: ClassificationTask, state: TrainState) -> dict[str, Any]:
+    return {
+        "epoch": state.epoch,
+        "iteration_in_epoch": state.iteration,
+        "global_step": state.global_step,
+        "best_metric": state.best_metric,
+        "model_state": unwrap(model).state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "scaler_state": scaler.state_dict(),
+        "cfg": dump_config(cfg),
+        "rng_state": ckpt.rng_state(),
+        "augment_generator_state": task.generator.get_state(),
+    }
+
+
+def save_training_checkpoint(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             scaler: torch.amp.GradScaler, task: ClassificationTask, state: TrainState,
+                             best: bool = False) -> None:
+    """Write OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth (and checkpoint_best.pyth) atomically, on the
+    main process. RNG states are those of the main process."""
+    if du.is_main_process():
+        payload = _checkpoint_state(cfg, model, optimizer, scaler, task, state)
+        path = ckpt.checkpoint_path(cfg.OUTPUT_DIR, state.epoch + 1)
+        ckpt.save_checkpoint(path, payload)
+        logger.info("saved %s (epoch %d, iteration %d)", path, state.epoch + 1, state.iteration)
+        if best:
+            ckpt.save_checkpoint(ckpt.best_checkpoint_path(cfg.OUTPUT_DIR), payload)
+    du.barrier()
+
+
+def _resume(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            task: ClassificationTask) -> TrainState:
+    """Auto-resume from the newest valid checkpoint of OUTPUT_DIR, else start from TRAIN.CHECKPOINT_FILE_PATH."""
+    found = ckpt.latest_valid_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
+    if found is not None:
+        path, checkpoint = found
+        unwrap(model).load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        scaler.load_state_dict(checkpoint["scaler_state"])
+        ckpt.set_rng_state(checkpoint["rng_state"])
+        task.generator.set_state(checkpoint["augment_generator_state"])
+        state = TrainState(checkpoint["epoch"], checkpoint["iteration_in_epoch"], checkpoint["global_step"],
+                           checkpoint["best_metric"])
+        logger.info("resumed from %s: epoch %d, iteration %d", path, state.epoch + 1, state.iteration)
+        return state
+    if cfg.TRAIN.CHECKPOINT_FILE_PATH:
+        checkpoint, complete = load_weights(unwrap(model), cfg.TRAIN.CHECKPOINT_FILE_PATH,
+                                            cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+        if complete and not cfg.TRAIN.CHECKPOINT_EPOCH_RESET and "optimizer_state" in checkpoint:
+            optimizer.load_state_dict(checkpoint["optimizer_state"])
+            if "scaler_state" in checkpoint:
+                scaler.load_state_dict(checkpoint["scaler_state"])
+            return TrainState(epoch=int(checkpoint.get("epoch", -1)) + 1)
+    return TrainState()
+
+
+def _wrap_model(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if du.get_world_size() > 1:
+        # Every trainable parameter gets a gradient at every step (the saliency trains through its own loss), so
+        # DDP needs no find_unused_parameters.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=False)
+    if cfg.MODEL.COMPILE:
+        model = torch.compile(model)
+    return model
+
+
+class _Averager:
+    """Running sums of scalar tensors, synchronised with the host only when read (at LOG_PERIOD)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def read(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        keys = sorted(self.sums)
+        stacked = du.all_reduce_mean(torch.stack([self.sums[k] for k in keys]) / self.count)
+        return dict(zip(keys, stacked.tolist()))
+
+
+def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, Any]],
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, state: TrainState,
+                    iters_per_epoch: int, writer: MetricWriter, stop: StopRequest,
+                    bad_files: list[str]) -> dict[str, float]:
+    """Train from `state.iteration` to the end of `state.epoch` (or until a stop is requested). Updates `state`."""
+    model = task.model
+    model.train()
+    solver = cfg.SOLVER
+    window, epoch_avg = _Averager(), _Averager()
+    tic = time.perf_counter()
+    data_time = 0.0
+    data_tic = time.perf_counter()
+    skipped_steps = 0
+    for batch in loader:
+        data_time += time.perf_counter() - data_tic
+        lr = lr_at(state.epoch + state.iteration / iters_per_epoch, policy=solver.LR_POLICY,
+                   base_lr=derived.base_lr(cfg), max_epoch=solver.MAX_EPOCH, warmup_epochs=solver.WARMUP_EPOCHS,
+                   warmup_start_lr=solver.WARMUP_START_LR, cosine_end_lr=solver.COSINE_END_LR,
+                   cosine_after_warmup=solver.COSINE_AFTER_WARMUP, steps=solver.STEPS, lrs=solver.LRS)
+        set_lr(optimizer, lr)
+        bad_files.extend(batch["skipped"])
+        _, losses, _ = task.step(batch, train=True)
+        loss = losses["loss"]
+        if not _finite_everywhere(loss):
+            terms = {k: float(v) for k, v in losses.items()}
+            where = f"epoch {state.epoch + 1}, iteration {state.iteration + 1}, clips {batch['index'].tolist()}"
+            if cfg.TRAIN.ON_NONFINITE_LOSS == "raise":
+                raise NonFiniteLossError(
+                    f"non-finite loss at {where} (in this or another process): {terms}. Lower SOLVER.BASE_LR, enable "
+                    "SOLVER.CLIP_GRAD_L2NORM, or set TRAIN.ON_NONFINITE_LOSS skip to drop such steps"
+                )
+            # Every process skips the step together, so no gradient all-reduce is left unmatched.
+            logger.warning("skipping step with a non-finite loss at %s: %s", where, terms)
+            skipped_steps += 1
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = clip_gradients([p for p in model.parameters() if p.requires_grad], solver.CLIP_GRAD_VAL,
+                                       solver.CLIP_GRAD_L2NORM)
+            scaler.step(optimizer)
+            scaler.update()
+            step_values = {**losses}
+            if grad_norm is not None:
+                step_values["grad_norm"] = grad_norm
+            window.add(step_values)
+            epoch_avg.add(losses)
+        state.iteration += 1
+        state.global_step += 1
+        if state.iteration % cfg.LOG_PERIOD == 0 or state.iteration == iters_per_epoch:
+            elapsed = time.perf_counter() - tic
+            stats = {"split": "train_iter", "epoch": f"{state.epoch + 1}/{solver.MAX_EPOCH}",
+                     "iter": f"{state.iteration}/{iters_per_epoch}", "lr": lr, **window.read(),
+                     "dt": elapsed / max(window.count, 1), "dt_data": data_time / max(window.count, 1),
+                     "eta": _eta(elapsed / max(window.count, 1), state, iters_per_epoch, solver.MAX_EPOCH)}
+            writer.write(stats, step=state.global_step)
+            window, tic, data_time = _Averager(), time.perf_counter(), 0.0
+        if stop.agreed(task.device):
+            break
+        data_tic = time.perf_counter()
+    result = epoch_avg.read()
+    result["skipped_steps"] = float(skipped_steps)
+    return result
+
+
+def _finite_everywhere(loss: Tensor) -> bool:
+    """Whether the loss is finite in every process."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    return bool(du.all_reduce_sum(bad).item() == 0)
+
+
+def _eta(seconds_per_iter: float, state: TrainState, iters_per_epoch: int, max_epoch: int) -> str:
+    remaining = (max_epoch - state.epoch) * iters_per_epoch - state.iteration
+    return time.strftime("%H:%M:%S", time.gmtime(max(remaining, 0) * seconds_per_iter))
+
+
+def _check_bad_files(cfg: CfgNode, bad_files: list[str], num_items: int) -> None:
+    """Log the bad files of an epoch to OUTPUT_DIR/bad_files.txt and stop when there are too many."""
+    gathered = [msg for part in du.all_gather_objects(bad_files) for msg in part]
+    if not gathered:
+        return
+    if du.is_main_process():
+        with open(Path(cfg.OUTPUT_DIR) / "bad_files.txt", "a") as handle:
+            handle.writelines(msg + "\n" for msg in gathered)
+    logger.warning("%d unreadable item(s) were replaced this epoch (see %s); first: %s", len(gathered),
+                   Path(cfg.OUTPUT_DIR) / "bad_files.txt", gathered[0])
+    if len(gathered) > cfg.DATA_LOADER.MAX_BAD_FRACTION * num_items:
+        raise TooManyBadFilesError(
+            f"{len(gathered)} of {num_items} items of this epoch could not be read, more than "
+            f"DATA_LOADER.MAX_BAD_FRACTION ({cfg.DATA_LOADER.MAX_BAD_FRACTION}); see {cfg.OUTPUT_DIR}/bad_files.txt"
+        )
+
+
+def prepare_output_dir(cfg: CfgNode) -> None:
+    """Create OUTPUT_DIR/checkpoints, start logging there and save the config."""
+    if du.is_main_process():
+        (Path(cfg.OUTPUT_DIR) / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(dump_config(cfg))
+    du.barrier()
+    setup_logging(cfg.OUTPUT_DIR)
+
+
+def build_writer(cfg: CfgNode) -> MetricWriter:
+    """The metric writer: metrics.jsonl always, TensorBoard and wandb when enabled."""
+    tensorboard_dir = None
+    if cfg.TENSORBOARD.ENABLE:
+        tensorboard_dir = cfg.TENSORBOARD.LOG_DIR or os.path.join(cfg.OUTPUT_DIR, f"runs-{cfg.TRAIN.DATASET}")
+    wandb_config = None
+    if cfg.WANDB.ENABLE:
+        wandb_config = {"project": cfg.WANDB.PROJECT, "run_id": cfg.WANDB.RUN_ID, "mode": cfg.WANDB.MODE,
+                        "config": json.loads(json.dumps(cfg, default=str)), "output_dir": cfg.OUTPUT_DIR}
+    return MetricWriter(cfg.OUTPUT_DIR, tensorboard_dir, wandb_config)
+
+
+def train(cfg: CfgNode) -> dict[str, Any]:
+    """Train (and validate) as the config says; returns the last validation metrics."""
+    prepare_output_dir(cfg)
+    rank, world = du.get_rank(), du.get_world_size()
+    seed_everything(cfg.RNG_SEED + rank)
+    device = select_device(cfg)
+    model = build_model(cfg)
+    if cfg.LOG_MODEL_INFO:
+        logger.info("model %s: %s", cfg.MODEL.MODEL_NAME, json.dumps(count_parameters(model)))
+    model = _wrap_model(cfg, model, device)
+    optimizer = build_optimizer(
+        param_groups(unwrap(model), cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM),
+        cfg.SOLVER.OPTIMIZING_METHOD, derived.base_lr(cfg), momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV, dampening=cfg.SOLVER.DAMPENING,
+    )
+    task = build_task(cfg, model, device, train=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
+    state = _resume(cfg, model, optimizer, scaler, task)
+
+    train_set = build_dataset(cfg, "train")
+    train_loader = build_loader(cfg, train_set, "train", rank, world)
+    val_set = build_dataset(cfg, "val")
+    val_loader = build_loader(cfg, val_set, "val", rank, world)
+    sampler = train_loader.sampler
+    iters_per_epoch = sampler.batches_per_epoch
+    if cfg.TRAIN.MAX_ITERS_PER_EPOCH:
+        iters_per_epoch = min(iters_per_epoch, cfg.TRAIN.MAX_ITERS_PER_EPOCH)
+    logger.info("training on %d clips (%d iterations per epoch, %d process(es)), validating on %d clips",
+                len(train_set), iters_per_epoch, world, len(val_set))
+    writer = build_writer(cfg)
+    stop = StopRequest()
+    stop.install()
+    val_metrics: dict[str, Any] = {}
+    try:
+        while state.epoch < cfg.SOLVER.MAX_EPOCH:
+            if state.iteration >= iters_per_epoch:
+                state.epoch, state.iteration = state.epoch + 1, 0
+                continue
+            train_set.set_epoch(state.epoch)
+            sampler.set_epoch(state.epoch)
+            sampler.set_start_batch(state.iteration)
+            bad_files: list[str] = []
+            epoch_start = time.perf_counter()
+            epoch_stats = train_one_epoch(cfg, task, _limit(train_loader, iters_per_epoch - state.iteration),
+                                          optimizer, scaler, state, iters_per_epoch, writer, stop, bad_files)
+            _check_bad_files(cfg, bad_files, iters_per_epoch * cfg.TRAIN.BATCH_SIZE)
+            if state.iteration < iters_per_epoch:  # stopped by a signal
+                save_training_checkpoint(cfg, model, optimizer, scaler, task, state)
+                logger.info("stopped by %s; resume with the same command", stop.signal_name or "a signal")
+                return {"stopped": True, "epoch": state.epoch, "iteration": state.iteration}
+            writer.write({"split": "train_epoch", "epoch": state.epoch + 1, **epoch_stats,
+                          "time_s": time.perf_counter() - epoch_start,
+                          "ram_gb": psutil.Process().memory_info().rss / 2**30}, step=state.global_step)
+            last = state.epoch + 1 == cfg.SOLVER.MAX_EPOCH
+            is_best = False
+            if (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
+                val_metrics, _ = evaluate(cfg, task, val_loader, val_set)
+                score = primary_metric(val_metrics, cfg)
+                is_best = score > state.best_metric
+                state.best_metric = max(state.best_metric, score)
+                writer.write({"split": "val_epoch", "epoch": state.epoch + 1, **val_metrics,
+                              "best": state.best_metric}, step=state.global_step)
+            if (state.epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last or is_best:
+                save_training_checkpoint(cfg, model, optimizer, scaler, task, state, best=is_best)
+            state.epoch, state.iteration = state.epoch + 1, 0
+    finally:
+        stop.restore()
+        writer.close()
+    return val_metrics
+
+
+def _limit(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict[str, Any]]:
+    """The first `count` batches of a loader (TRAIN.MAX_ITERS_PER_EPOCH)."""
+    for index, batch in enumerate(loader):
+        if index >= count:
+            return
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, Any]], dataset: AudioClipDataset,
+             collect_segments: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run the model over an evaluation split (every item once over all processes), ensemble the views of each clip
+    and compute the metrics on the main process (broadcast to all).
+
+    Returns (metrics, details): details holds "scores" [N, K], "labels", "uids", and with collect_segments the
+    replayed segments of every clip, view and playback.
+    """
+    model = task.model
+    model.eval()
+    local: dict[str, list[Any]] = defaultdict(list)
+    loss_sum = torch.zeros((), device=task.device)
+    count = 0
+    seconds_per_frame = dataset.clip_samples / dataset.sample_rate / cfg.AUDIO_DATA.FRAMES0
+    for batch in loader:
+        outputs, losses, _ = task.step(batch, train=False)
+        loss_sum += losses["loss"] * batch["label"].shape[0]
+        count += batch["label"].shape[0]
+        local["index"].append(batch["index"])
+        local["view"].append(batch["view"])
+        local["scores"].append(outputs["logits"].cpu())
+        local["labels"].append(batch["label"])
+        if collect_segments and "replay_masks" in outputs:
+            local["segments"].extend(_segments(outputs["replay_masks"].cpu(), batch, dataset, seconds_per_frame))
+    merged = {key: (torch.cat(value) if key != "segments" else value) for key, value in local.items()}
+    gathered = du.all_gather_objects(merged)
+    totals = du.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=task.device)]))
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    if du.is_main_process():
+        ensemble = ViewEnsemble(len(dataset.records), dataset.num_views, sum(derived.class_counts(cfg)),
+                                cfg.DATA.ENSEMBLE_METHOD)
+        for part in gathered:
+            if part:
+                ensemble.add(part["index"], part["view"], part["scores"], part["labels"])
+        result = ensemble.finalize()
+        metrics = classification_metrics(result.scores, result.labels, derived.class_counts(cfg),
+                                         cfg.DATA.MULTI_LABEL)
+        metrics["loss"] = float(totals[0] / totals[1].clamp_min(1))
+        details = {"scores": result.scores, "labels": result.labels, "per_view": result.per_view,
+                   "uids": [r.uid for r in dataset.records],
+                   "segments": sorted((s for part in gathered for s in part.get("segments", [])),
+                                      key=lambda s: (s["video"], s["view"], s["playback"]))}
+    metrics = du.broadcast_object(metrics)
+    return metrics, details
+
+
+def _segments(masks: Tensor, batch: dict[str, Any], dataset: AudioClipDataset,
+              seconds_per_frame: float) -> list[dict[str, Any]]:
+    """Replayed segments in seconds from the start of the audio file, one record per clip, view and playback."""
+    starts, ends, valid = salient_runs(masks.flatten(0, 1))
+    num_replays = masks.shape[1]
+    records = []
+    for row in range(starts.shape[0]):
+        item, replay_index = divmod(row, num_replays)
+        offset = float(batch["crop_start_s"][item])
+        runs = [[round(offset + float(s) * seconds_per_frame, 4), round(offset + float(e) * seconds_per_frame, 4)]
+                for s, e, ok in zip(starts[row], ends[row], valid[row]) if ok]
+        records.append({"video": dataset.records[int(batch["index"][item])].uid, "view": int(batch["view"][item]),
+                        "playback": replay_index + 1, "segments": runs})
+    return records
+
+
+def _test_checkpoint(cfg: CfgNode) -> Path | None:
+    """TEST.CHECKPOINT_FILE_PATH, else the best (or last) checkpoint of OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH."""
+    if cfg.TEST.CHECKPOINT_FILE_PATH:
+        return Path(cfg.TEST.CHECKPOINT_FILE_PATH)
+    best = ckpt.best_checkpoint_path(cfg.OUTPUT_DIR)
+    if cfg.TEST.CHECKPOINT_SELECT == "best" and best.is_file():
+        return best
+    epochs = ckpt.list_epoch_checkpoints(cfg.OUTPUT_DIR)
+    if epochs:
+        return epochs[-1][1]
+    return Path(cfg.TRAIN.CHECKPOINT_FILE_PATH) if cfg.TRAIN.CHECKPOINT_FILE_PATH else None
+
+
+def test(cfg: CfgNode) -> dict[str, float]:
+    """Multi-view test of a checkpoint: metrics (metrics.jsonl "test_final"), scores under OUTPUT_DIR/scores/ and, with
+    TEST.SAVE_SEGMENTS, the replayed segments in OUTPUT_DIR/scores/segments.jsonl."""
+    prepare_output_dir(cfg)
+    rank, world = du.get_rank(), du.get_world_size()
+    seed_everything(cfg.RNG_SEED + rank)
+    device = select_device(cfg)
+    model = build_model(cfg)
+    path = _test_checkpoint(cfg)
+    if path is None:
+        logger.warning("no checkpoint to test (TEST.CHECKPOINT_FILE_PATH is empty and %s/checkpoints has none): "
+                       "testing randomly initialised weights", cfg.OUTPUT_DIR)
+    else:
+        load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    model = _wrap_model(cfg, model, device)
+    task = build_task(cfg, model, device, train=False)
+    test_set = build_dataset(cfg, "test")
+    loader = build_loader(cfg, test_set, "test", rank, world)
+    logger.info("testing %s on %d clips x %d views", path, len(test_set.records), test_set.num_views)
+    metrics, details = evaluate(cfg, task, loader, test_set, collect_segments=cfg.TEST.SAVE_SEGMENTS)
+    writer = build_writer(cfg)
+    writer.write({"split": "test_final", "checkpoint": str(path), **metrics})
+    writer.close()
+    if du.is_main_process():
+        _write_scores(cfg, details)
+    return metrics
+
+
+def _write_scores(cfg: CfgNode, details: dict[str, Any]) -> None:
+    """OUTPUT_DIR/scores/<split>.npz (scores, per-view scores, labels, clip ids; numpy, no pickle) and segments.jsonl."""
+    scores_dir = Path(cfg.OUTPUT_DIR) / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    name = cfg.EPICKITCHENS.TEST_SPLIT if cfg.TEST.DATASET == "epickitchens" else "test"
+    np.savez(scores_dir / f"{name}.npz", scores=details["scores"].numpy(), per_view=details["per_view"].numpy(),
+             labels=details["labels"].numpy(), uids=np.array(details["uids"]))
+    if cfg.TEST.SAVE_RESULTS_PATH:
+        np.savez(Path(cfg.OUTPUT_DIR) / cfg.TEST.SAVE_RESULTS_PATH, scores=details["scores"].numpy(),
+                 labels=details["labels"].numpy())
+    if cfg.TEST.SAVE_SEGMENTS:
+        with open(scores_dir / "segments.jsonl", "w") as handle:
+            for record in details["segments"]:
+                handle.write(json.dumps(record) + "\n")
+    logger.info("scores written to %s", scores_dir)
+

@@ -1,0 +1,153 @@
+"""Process launch and collectives.
+
+Three ways to start a job, one code path after start-up:
+  * torchrun / srun: the launcher started every process; rank and world come from its environment variables;
+  * `NUM_GPUS > 1` without a launcher: one process per GPU is spawned here (PySlowFast habit), ranks
+    SHARD_ID * NUM_GPUS + local rank, rendezvous at `--init_method`;
+  * otherwise a single process without a process group.
+NCCL is used on GPUs and gloo on the CPU (NUM_GPUS 0).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process stands in the job."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+
+def launcher_process_info() -> ProcessInfo | None:
+    """Rank, world and local rank set by torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/SLURM_NTASKS/
+    SLURM_LOCALID), or None when no launcher started this process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return ProcessInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+        return ProcessInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return None
+
+
+def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str | None) -> None:
+    if use_gpu:
+        torch.cuda.set_device(info.local_rank)
+    if info.world > 1:
+        dist.init_process_group(
+            backend=backend if use_gpu else "gloo",
+            init_method=init_method or "env://",
+            world_size=info.world,
+            rank=info.rank,
+        )
+
+
+def _spawned_worker(local_rank: int, func: Callable[..., Any], cfg: Any, init_method: str, num_gpus: int,
+                    shard_id: int, num_shards: int, backend: str) -> None:
+    info = ProcessInfo(shard_id * num_gpus + local_rank, num_gpus * num_shards, local_rank)
+    _init_process_group(info, True, backend, init_method)
+    try:
+        func(cfg)
+    finally:
+        destroy()
+
+
+def launch_job(cfg: Any, init_method: str, func: Callable[[Any], Any]) -> Any:
+    """Run `func(cfg)` in every process of the job (see the module docstring). Returns func's result in a
+    single-process or launcher-started job, None after spawning."""
+    use_gpu = cfg.NUM_GPUS > 0
+    info = launcher_process_info()
+    if info is not None:
+        # torchrun exports MASTER_ADDR/MASTER_PORT; under srun the sbatch script does, or --init_method names the host.
+        method = "env://" if "MASTER_ADDR" in os.environ else init_method
+        _init_process_group(info, use_gpu, cfg.DIST_BACKEND, method)
+        try:
+            return func(cfg)
+        finally:
+            destroy()
+    if cfg.NUM_GPUS > 1:
+        mp.spawn(
+            _spawned_worker,
+            nprocs=cfg.NUM_GPUS,
+            args=(func, cfg, init_method, cfg.NUM_GPUS, cfg.SHARD_ID, cfg.NUM_SHARDS, cfg.DIST_BACKEND),
+            daemon=False,
+        )
+        return None
+    if use_gpu:
+        torch.cuda.set_device(0)
+    return func(cfg)
+
+
+def destroy() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_local_rank() -> int:
+    info = launcher_process_info()
+    if info is not None:
+        return info.local_rank
+    return torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over all processes (a copy; the input is left unchanged)."""
+    if get_world_size() == 1:
+        return values
+    out = values.clone()
+    dist.all_reduce(out)
+    return out / get_world_size()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over all processes (a copy)."""
+    if get_world_size() == 1:
+        return values
+    out = values.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's `obj`, in rank order (any picklable object; sizes may differ between processes)."""
+    if get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` of process `src`, on every process."""
+    if get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

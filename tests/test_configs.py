@@ -1,0 +1,140 @@
+"""Every shipped config loads, validates and runs (forward, loss, backward) at a tiny size; config errors are clear."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from playitback.config import ConfigError, derived, load_config
+from playitback.losses import PlayItBackLoss, labels_to_targets
+from playitback.models import EncoderClassifier, PlayItBack, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "_base_" not in p.parts and p.stem != "_base_")
+
+# Shrinks the encoder and decoder while keeping each config's structure (playbacks, heads, loss, fusion).
+TINY = [
+    "NUM_GPUS", "0", "TRAIN.BATCH_SIZE", "2", "TEST.BATCH_SIZE", "2", "AUDIO_DATA.FRAMES0", "16",
+    "ENCODER.EMBED_DIM", "8", "ENCODER.DEPTH", "3", "ENCODER.DIM_MUL", "[[1, 2.0], [2, 2.0]]",
+    "ENCODER.HEAD_MUL", "[[1, 2.0], [2, 2.0]]", "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2], [2, 2, 2]]",
+    "DECODER.INPUT_CHANNELS", "32", "DECODER.NUM_LATENTS", "4", "DECODER.LATENT_DIM", "16",
+    "DECODER.LATENT_HEADS", "2", "DECODER.LATENT_DIM_HEAD", "8", "DECODER.CROSS_DIM_HEAD", "8",
+    "DECODER.SELF_PER_CROSS_ATTN", "1",
+]
+
+
+def test_shipped_configs_exist() -> None:
+    names = {str(p.relative_to(REPO / "configs")) for p in SHIPPED}
+    for dataset in ("AudioSet", "VGG-Sound", "EPIC-KITCHENS"):
+        for x in (1, 2, 3):
+            assert f"{dataset}/PlayItBackX{x}.yaml" in names
+        assert f"{dataset}/MViTv2_B.yaml" in names
+    assert "VGG-Sound/PlayItBackX1_S.yaml" in names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_shipped_config_runs_at_tiny_size(path: Path) -> None:
+    full = load_config(path)
+    assert full.DECODER.DEPTH == full.MODEL.PLAYBACK + 1 or derived.is_encoder_only(full)
+    cfg = load_config(path, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model, EncoderClassifier if derived.is_encoder_only(cfg) else PlayItBack)
+    counts = derived.class_counts(cfg)
+    batch = 2
+    playbacks = [torch.randn(batch, 16 * (i + 1), 128) for i in range(derived.num_playbacks(cfg))]
+    if cfg.MODEL.MULTITASK:
+        labels = torch.stack([torch.randint(0, c, (batch,)) for c in counts], dim=1)
+    elif cfg.DATA.MULTI_LABEL:
+        labels = (torch.rand(batch, counts[0]) < 0.05).float()
+        labels[:, 0] = 1.0
+    else:
+        labels = torch.randint(0, counts[0], (batch,))
+    model.train()
+    outputs = model(playbacks)
+    assert outputs["logits"].shape == (batch, sum(counts))
+    losses = PlayItBackLoss(counts, cfg.DATA.MULTI_LABEL)(outputs, labels_to_targets(labels, counts,
+                                                                                       cfg.DATA.MULTI_LABEL))
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+def test_original_values_survive() -> None:
+    cfg = load_config(REPO / "configs/VGG-Sound/PlayItBackX2.yaml")
+    assert (cfg.MODEL.NUM_CLASSES, cfg.AUDIO_DATA.CLIP_SECS, cfg.SOLVER.BASE_LR) == (309, 5.0, 5e-4)
+    assert cfg.ENCODER.DEPTH == 24 and cfg.ENCODER.DROPPATH_RATE == 0.3 and cfg.MIXUP.ENABLE
+    assert derived.clip_samples(cfg) == 80000 and derived.encoder_width(cfg) == 768
+    epic = load_config(REPO / "configs/EPIC-KITCHENS/PlayItBackX3.yaml")
+    assert derived.class_counts(epic) == [97, 300] and derived.clip_samples(epic) == 31984
+    audioset = load_config(REPO / "configs/AudioSet/PlayItBackX1.yaml")
+    assert audioset.DATA.MULTI_LABEL and audioset.MODEL.LOSS_FUNC == "bce_logit"
+
+
+def test_command_line_overrides_and_types() -> None:
+    cfg = load_config(REPO / "configs/VGG-Sound/PlayItBackX2.yaml",
+                      ["NUM_GPUS", "0", "SOLVER.BASE_LR", "1", "OUTPUT_DIR", "runs/x", "TRAIN.BATCH_SIZE", "8"],
+                      shard_id=0, num_shards=1)
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert cfg.OUTPUT_DIR == "runs/x" and cfg.NUM_GPUS == 0
+    assert cfg.is_frozen()
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["TRAIN.BATCH_SZE", "3"], "did you mean TRAIN.BATCH_SIZE"),
+        (["TRAN.ENABLE", "False"], "did you mean TRAIN.ENABLE"),
+        (["SOLVER.MAX_EPOCHS", "3"], "did you mean SOLVER.MAX_EPOCH"),
+        (["MODEL.NUM_CLASSES", "many"], "MODEL.NUM_CLASSES expects a int"),
+        (["MODEL.PLAYBACK", "3", "DECODER.DEPTH", "2"], "DECODER.DEPTH (2) must equal MODEL.PLAYBACK + 1 (4)"),
+        (["NUM_GPUS", "3", "TRAIN.BATCH_SIZE", "64"], "TRAIN.BATCH_SIZE (64) must be a positive multiple"),
+        (["DECODER.FUSION", "sum"], "DECODER.FUSION is 'sum'; choose one of"),
+        (["DATA.MULTI_LABEL", "True"], "DATA.MULTI_LABEL needs MODEL.LOSS_FUNC bce_logit"),
+        (["NUM_GPUS"], "KEY VALUE pairs"),
+        (["ENCODER.EMBED_DIM", "64"], "DECODER.INPUT_CHANNELS (768) must equal the encoder's output width (512"),
+    ],
+)
+def test_bad_configs_are_named(opts: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, opts)
+    assert message in str(err.value)
+
+
+def test_several_problems_reported_together() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["TRAIN.DATASE", "x", "MODEL.PLAYBACK", "-1"])
+    assert "2 config problem(s)" in str(err.value)
+
+
+def test_base_inheritance_relative_paths_and_removed_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.yaml").write_text("MODEL:\n  NUM_CLASSES: 10\nSOLVER:\n  BASE_LR: 0.5\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: base/a.yaml\nSOLVER:\n  BASE_LR: 0.25\nDATA:\n  INPUT_CHANNEL_NUM: [1]\n")
+    cfg = load_config(child)
+    assert cfg.MODEL.NUM_CLASSES == 10 and cfg.SOLVER.BASE_LR == 0.25
+    assert "DATA.INPUT_CHANNEL_NUM" in caplog.text and "ignored" in caplog.text
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file .*nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    child = tmp_path / "c.yaml"
+    child.write_text("_BASE_: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone.yaml does not exist \(named in .*c.yaml under _BASE_\)"):
+        load_config(child)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_derived_values_are_not_written_back() -> None:
+    cfg = load_config(REPO / "configs/VGG-Sound/PlayItBackX3.yaml", ["SOLVER.BASE_LR_SCALE_NUM_SHARDS", "True"],
+                      num_shards=2)
+    assert derived.base_lr(cfg) == pytest.approx(2 * cfg.SOLVER.BASE_LR)
+    assert cfg.SOLVER.BASE_LR == 5e-4
+    assert [derived.playback_hop(cfg, i) for i in range(4)] == [200, 100, 67, 50]

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Train and/or test PlayItBack (or its encoder alone) as a config says.
+
+Examples:
+    python tools/run_net.py --cfg configs/VGG-Sound/PlayItBackX2.yaml \\
+        VGGSOUND.AUDIO_DATA_DIR /data/vggsound VGGSOUND.ANNOTATIONS_DIR data/VGG-Sound NUM_GPUS 8 OUTPUT_DIR runs/x2
+    python tools/run_net.py --cfg ... TRAIN.ENABLE False TEST.ENABLE True TEST.CHECKPOINT_FILE_PATH ckpt.pyth
+    python tools/run_net.py --cfg ... --num_shards 2 --shard_id 0 --init_method tcp://host:9999   # node 0 of 2
+    torchrun --nproc_per_node 8 tools/run_net.py --cfg ...                                       # ranks from torchrun
+    srun python tools/run_net.py --cfg ...                                                       # ranks from SLURM
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from playitback.config import ConfigError, load_config  # noqa: E402
+from playitback.engine.trainer import test, train  # noqa: E402
+from playitback.utils.distributed import launch_job  # noqa: E402
+
+EPILOG = """\
+Overrides: any number of KEY VALUE pairs after the flags, e.g. `NUM_GPUS 0 SOLVER.BASE_LR 1e-3 OUTPUT_DIR runs/a`.
+Values are Python literals where they parse as one (1e-3, True, [1, 2]); an unknown key fails at once and names the
+closest valid key. See docs/config.md for every key.
+
+Processes: NUM_GPUS 0 runs on the CPU (gloo); NUM_GPUS 1 one process on one GPU; NUM_GPUS N > 1 spawns N processes on
+this machine (NCCL), and with --num_shards M the job spans M machines started with the same command and their own
+--shard_id. Under torchrun or srun the launcher's RANK/WORLD_SIZE/LOCAL_RANK (or SLURM_PROCID/SLURM_NTASKS/
+SLURM_LOCALID) are used instead of spawning. The config stages run in order: TRAIN.ENABLE, then TEST.ENABLE.
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train and test PlayItBack models.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--cfg", dest="cfg_file", required=True, help="YAML config file (may inherit with _BASE_)")
+    parser.add_argument("--shard_id", type=int, default=0, help="index of this machine in a multi-machine job")
+    parser.add_argument("--num_shards", type=int, default=1, help="number of machines in the job")
+    parser.add_argument("--init_method", default="tcp://localhost:9999",
+                        help="rendezvous URL of spawned processes (tcp://host:port or file:///shared/path)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.cfg_file, args.opts, shard_id=args.shard_id, num_shards=args.num_shards)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if cfg.TRAIN.ENABLE:
+        launch_job(cfg, args.init_method, train)
+    if cfg.TEST.ENABLE:
+        launch_job(cfg, args.init_method, test)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
