@@ -256,7 +256,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
 
     if cfg.AUDIO_DATA.FRAMES0 < 8:
         errors.append(f"AUDIO_DATA.FRAMES0 ({cfg.AUDIO_DATA.FRAMES0}) must be at least 8")
-    elif derived.playback_hop(cfg, derived.num_playbacks(cfg) - 1) < 1:
+    elif cfg.MODEL.PLAYBACK >= 0 and derived.playback_hop(cfg, derived.num_playbacks(cfg) - 1) < 1:
         errors.append(
             f"a {cfg.AUDIO_DATA.CLIP_SECS} s clip at {cfg.AUDIO_DATA.SAMPLING_RATE} Hz has too few samples for "
             f"{derived.num_playbacks(cfg)} playbacks of AUDIO_DATA.FRAMES0 * (i + 1) frames"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,10 @@ class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of a sample with probability ``drop_prob`` in training."""
 
     def __init__(self, drop_prob: float) -> None:
-        """Args:
-        drop_prob: Probability of dropping the branch of each sample.
+        """Create the layer.
+
+        Args:
+            drop_prob: Probability of dropping the branch of each sample.
         """
         super().__init__()
         self.drop_prob = drop_prob
@@ -111,12 +114,14 @@ class PatchEmbed(nn.Module):
     def __init__(
         self, in_chans: int, embed_dim: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
     ) -> None:
-        """Args:
-        in_chans: Input channels (1 for a log-mel spectrogram).
-        embed_dim: Token width D.
-        kernel: Convolution kernel (time, frequency).
-        stride: Convolution stride (time, frequency).
-        padding: Convolution padding (time, frequency).
+        """Create the patch convolution.
+
+        Args:
+            in_chans: Input channels (1 for a log-mel spectrogram).
+            embed_dim: Token width D.
+            kernel: Convolution kernel (time, frequency).
+            stride: Convolution stride (time, frequency).
+            padding: Convolution padding (time, frequency).
         """
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, tuple(kernel), tuple(stride), tuple(padding))
@@ -135,7 +140,9 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
-def _pool_tokens(x: Tensor, pool: nn.Module | None, norm: nn.Module | None, grid: Grid, has_cls: bool) -> tuple[Tensor, Grid]:
+def _pool_tokens(
+    x: Tensor, pool: nn.Module | None, norm: nn.Module | None, grid: Grid, has_cls: bool
+) -> tuple[Tensor, Grid]:
     """Pool per-head tokens over their 2-D grid; a leading cls token bypasses the pooling.
 
     Args:
@@ -174,7 +181,9 @@ def _is_identity_pool(kernel: Sequence[int], stride: Sequence[int]) -> bool:
     return _prod(kernel) == 1 and _prod(stride) == 1
 
 
-def _make_pool(mode: str, channels: int, kernel: Sequence[int], stride: Sequence[int]) -> tuple[nn.Module, nn.Module | None]:
+def _make_pool(
+    mode: str, channels: int, kernel: Sequence[int], stride: Sequence[int]
+) -> tuple[nn.Module, nn.Module | None]:
     """Build one Q/K/V pooling operator and its LayerNorm (conv mode only)."""
     padding = tuple(k // 2 for k in kernel)
     if mode == "conv":
@@ -202,19 +211,21 @@ class MultiScaleAttention(nn.Module):
         pool_first: bool,
         residual_pooling: bool,
     ) -> None:
-        """Args:
-        dim: Input token width.
-        dim_out: Output token width (a multiple of ``num_heads``).
-        num_heads: Number of heads.
-        qkv_bias: Whether the Q/K/V projections have a bias.
-        kernel_q: Query pooling kernel; empty for no pooling.
-        kernel_kv: Key/value pooling kernel; empty for no pooling.
-        stride_q: Query pooling stride.
-        stride_kv: Key/value pooling stride.
-        mode: "conv" (depthwise conv + LayerNorm), "avg" or "max".
-        has_cls_embed: Whether the first token is a cls token that is never pooled.
-        pool_first: Pool the input tokens before the Q/K/V projections (separate ``q``, ``k``, ``v`` Linears).
-        residual_pooling: Add the pooled queries to the attention output.
+        """Create the projections and the Q/K/V pooling.
+
+        Args:
+            dim: Input token width.
+            dim_out: Output token width (a multiple of ``num_heads``).
+            num_heads: Number of heads.
+            qkv_bias: Whether the Q/K/V projections have a bias.
+            kernel_q: Query pooling kernel; empty for no pooling.
+            kernel_kv: Key/value pooling kernel; empty for no pooling.
+            stride_q: Query pooling stride.
+            stride_kv: Key/value pooling stride.
+            mode: "conv" (depthwise conv + LayerNorm), "avg" or "max".
+            has_cls_embed: Whether the first token is a cls token that is never pooled.
+            pool_first: Pool the input tokens before the Q/K/V projections (separate ``q``, ``k``, ``v`` Linears).
+            residual_pooling: Add the pooled queries to the attention output.
         """
         super().__init__()
         self.num_heads = num_heads
@@ -282,10 +293,12 @@ class Mlp(nn.Module):
     """Two-layer perceptron with GELU (``mlp.fc1``, ``mlp.fc2``)."""
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
-        """Args:
-        in_features: Input width.
-        hidden_features: Hidden width.
-        out_features: Output width.
+        """Create the two layers.
+
+        Args:
+            in_features: Input width.
+            hidden_features: Hidden width.
+            out_features: Output width.
         """
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
@@ -293,7 +306,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Args:
+        """Apply fc1, GELU, fc2.
+
+        Args:
             x: ``[..., in_features]``.
 
         Returns:
@@ -323,22 +338,24 @@ class MultiScaleBlock(nn.Module):
         residual_pooling: bool,
         dim_mul_in_att: bool,
     ) -> None:
-        """Args:
-        dim: Input token width.
-        dim_out: Output token width.
-        num_heads: Attention heads.
-        mlp_ratio: MLP hidden width as a multiple of the attention width.
-        qkv_bias: Bias in the Q/K/V projections.
-        drop_path: Stochastic-depth rate of both residual branches.
-        kernel_q: Query pooling kernel (empty for none).
-        kernel_kv: Key/value pooling kernel (empty for none).
-        stride_q: Query stride; the skip path is max-pooled with it.
-        stride_kv: Key/value stride.
-        mode: Pooling mode, "conv", "avg" or "max".
-        has_cls_embed: Whether the first token is a cls token.
-        pool_first: See :class:`MultiScaleAttention`.
-        residual_pooling: See :class:`MultiScaleAttention`.
-        dim_mul_in_att: Change the width in the attention (MViTv2) rather than in the MLP (MViTv1).
+        """Create the block.
+
+        Args:
+            dim: Input token width.
+            dim_out: Output token width.
+            num_heads: Attention heads.
+            mlp_ratio: MLP hidden width as a multiple of the attention width.
+            qkv_bias: Bias in the Q/K/V projections.
+            drop_path: Stochastic-depth rate of both residual branches.
+            kernel_q: Query pooling kernel (empty for none).
+            kernel_kv: Key/value pooling kernel (empty for none).
+            stride_q: Query stride; the skip path is max-pooled with it.
+            stride_kv: Key/value stride.
+            mode: Pooling mode, "conv", "avg" or "max".
+            has_cls_embed: Whether the first token is a cls token.
+            pool_first: See :class:`MultiScaleAttention`.
+            residual_pooling: See :class:`MultiScaleAttention`.
+            dim_mul_in_att: Change the width in the attention (MViTv2) rather than in the MLP (MViTv1).
         """
         super().__init__()
         self.dim = dim
@@ -390,17 +407,21 @@ class ClassifierHead(nn.Module):
     """Dropout then a Linear ``projection`` (the official ``head.projection`` layout); returns logits."""
 
     def __init__(self, dim: int, num_classes: int, dropout_rate: float) -> None:
-        """Args:
-        dim: Input width D.
-        num_classes: Number of classes K.
-        dropout_rate: Dropout before the projection.
+        """Create the head.
+
+        Args:
+            dim: Input width D.
+            num_classes: Number of classes K.
+            dropout_rate: Dropout before the projection.
         """
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate)
         self.projection = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Args:
+        """Project pooled features to logits.
+
+        Args:
             x: Pooled features ``[B, D]``.
 
         Returns:
@@ -679,7 +700,7 @@ MVIT_VARIANTS: dict[str, MViTVariant] = {
 }
 
 
-def mvit_variant_kwargs(name: str) -> dict:
+def mvit_variant_kwargs(name: str) -> dict[str, Any]:
     """Constructor arguments of :class:`MViT` for a named size (everything except ``num_classes``).
 
     Every block is listed in ``pool_q_stride`` (stride 1x1 outside the stage starts), as in the original configs,

@@ -1,0 +1,117 @@
+"""Running a trained model on audio: crops -> playbacks -> model -> probabilities, saliency and replayed segments.
+
+Used by tools/predict.py, tools/plot_segments.py and the demo. Shape legend: B crops, N samples per crop, S
+playbacks, T0 frames of playback 0, F mel bins, K classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from torch import Tensor, nn
+
+from playitback.config import derived
+from playitback.data.build import build_pyramid
+from playitback.engine.trainer import load_weights
+from playitback.models import build_model
+from playitback.models.replay import salient_runs
+
+
+@dataclass
+class CropAnalysis:
+    """What the model made of one crop.
+
+    Attributes:
+        start_s: where the crop starts in the audio (seconds).
+        duration_s: crop length (seconds).
+        probabilities: [K] class probabilities (softmax per task, sigmoid for multi-label).
+        logits: [K].
+        features: [D] fused decoder features (the embedding), or the mean encoder token for the encoder alone.
+        spectrogram: [T0, F] log-mel of playback 0.
+        saliency: [S, T0] saliency of each playback in [0, 1] (empty for the encoder alone).
+        segments: per replay (playback 1, 2, ...) the replayed [start_s, end_s] spans, in seconds of the audio.
+    """
+
+    start_s: float
+    duration_s: float
+    probabilities: np.ndarray
+    logits: np.ndarray
+    features: np.ndarray
+    spectrogram: np.ndarray
+    saliency: np.ndarray
+    segments: list[list[list[float]]]
+
+
+def load_inference_model(cfg: CfgNode, checkpoint: str | Path | None, device: torch.device) -> nn.Module:
+    """build_model(cfg) with the checkpoint's weights, in eval mode on `device`.
+
+    Raises CheckpointError when no weight of the checkpoint fits the config's model.
+    """
+    model = build_model(cfg)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    return model.to(device).eval()
+
+
+def probabilities(logits: Tensor, class_counts: list[int], multi_label: bool) -> Tensor:
+    """[B, K] logits -> probabilities: sigmoid (multi-label) or a softmax per task block."""
+    if multi_label:
+        return torch.sigmoid(logits)
+    return torch.cat([block.softmax(-1) for block in logits.split(class_counts, -1)], -1)
+
+
+def window_starts(num_samples: int, clip_samples: int, hop_samples: int) -> list[int]:
+    """Starts of the analysis windows of a recording: one crop for audio up to one clip long, else windows every
+    `hop_samples` with the last one aligned to the end."""
+    if num_samples <= clip_samples:
+        return [0]
+    starts = list(range(0, num_samples - clip_samples + 1, hop_samples))
+    if starts[-1] != num_samples - clip_samples:
+        starts.append(num_samples - clip_samples)
+    return starts
+
+
+@torch.no_grad()
+def analyse_crops(cfg: CfgNode, model: nn.Module, crops: Tensor, starts_s: list[float],
+                  pyramid: nn.Module | None = None) -> list[CropAnalysis]:
+    """Run the model on crops [B, N] (already cut or zero-padded to the clip length) whose starts in the audio are
+    `starts_s`; returns one :class:`CropAnalysis` per crop."""
+    device = next(model.parameters()).device
+    pyramid = (pyramid or build_pyramid(cfg)).to(device)
+    playbacks = pyramid(crops.to(device))
+    outputs = model(playbacks)
+    counts = derived.class_counts(cfg)
+    probs = probabilities(outputs["logits"].float(), counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
+    duration = crops.shape[1] / cfg.AUDIO_DATA.SAMPLING_RATE
+    frames0 = playbacks[0].shape[1]
+    seconds_per_frame = duration / frames0
+    results = []
+    masks = outputs.get("replay_masks")
+    runs = salient_runs(masks.flatten(0, 1).cpu()) if masks is not None else None
+    for b, start in enumerate(starts_s):
+        segments: list[list[list[float]]] = []
+        if runs is not None:
+            for replay_index in range(masks.shape[1]):
+                row = b * masks.shape[1] + replay_index
+                segments.append([[start + float(s) * seconds_per_frame, start + float(e) * seconds_per_frame]
+                                 for s, e, ok in zip(runs[0][row], runs[1][row], runs[2][row]) if ok])
+        saliency = outputs["saliency"][b].float().cpu().numpy() if "saliency" in outputs else np.zeros((0, frames0))
+        results.append(CropAnalysis(
+            start_s=start, duration_s=duration, probabilities=probs[b],
+            logits=outputs["logits"][b].float().cpu().numpy(), features=outputs["features"][b].float().cpu().numpy(),
+            spectrogram=playbacks[0][b].float().cpu().numpy(), saliency=saliency, segments=segments,
+        ))
+    return results
+
+
+def crop_windows(waveform: np.ndarray, clip_samples: int, hop_samples: int) -> tuple[Tensor, list[int]]:
+    """Cut a recording [N_total] into analysis crops [B, clip_samples] (zero-padded at the end) and their starts."""
+    starts = window_starts(waveform.shape[0], clip_samples, hop_samples)
+    crops = np.zeros((len(starts), clip_samples), dtype=np.float32)
+    for row, start in enumerate(starts):
+        piece = waveform[start:start + clip_samples]
+        crops[row, : piece.shape[0]] = piece
+    return torch.from_numpy(crops), starts

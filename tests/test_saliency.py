@@ -1,0 +1,250 @@
+"""Temporal saliency: slot attention against a slow reference, trainability, determinism, pooling by hand."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from playitback.models.saliency import (
+    SlotAttention,
+    TemporalSaliency,
+    masked_token_pool,
+    saliency_contrast,
+    saliency_mask,
+    temporal_profile,
+)
+
+ORIGINAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_keys.txt"
+
+# Tiny sizes keep every test well under a second: D token width, T0 frames, W slot resolution, grid T'' x F''.
+D, T0, W, T_TOK, F_TOK = 16, 40, 24, 5, 3
+
+
+def tiny_saliency(seed: int = 0) -> TemporalSaliency:
+    torch.manual_seed(seed)
+    return TemporalSaliency(token_dim=D, frames0=T0, resolution=W)
+
+
+def random_tokens(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, T_TOK, F_TOK, D, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_slot_attention(module: SlotAttention, inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Slot attention written out per sample and per slot with explicit LayerNorm, softmax and GRU formulas."""
+
+    def layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+
+    def gru(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        cell = module.gru
+        gi = x @ cell.weight_ih.T + cell.bias_ih
+        gh = h @ cell.weight_hh.T + cell.bias_hh
+        (ir, iz, i_n), (hr, hz, hn) = gi.chunk(3, -1), gh.chunk(3, -1)
+        reset, update = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        candidate = torch.tanh(i_n + reset * hn)
+        return (1 - update) * candidate + update * h
+
+    def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        return x @ layer.weight.T + layer.bias
+
+    outputs = []
+    for b in range(inputs.shape[0]):
+        slots = module.slots_mu[0] + module.slots_sigma[0].abs() * (module.anchor[0] + noise[b])  # [K, W]
+        x = layer_norm(inputs[b], module.norm_input)
+        keys, values = linear(x, module.to_k), linear(x, module.to_v)
+        for _ in range(module.iters):
+            queries = linear(layer_norm(slots, module.norm_slots), module.to_q)
+            logits = queries @ keys.T / module.dim**0.5  # [K, N]
+            attn = torch.exp(logits) / torch.exp(logits).sum(0, keepdim=True) + module.eps
+            attn = attn / attn.sum(1, keepdim=True)
+            new_slots = []
+            for k in range(module.num_slots):
+                update = (attn[k][:, None] * values).sum(0)
+                new_slots.append(gru(update, slots[k]))
+            slots = torch.stack(new_slots)
+            hidden = torch.relu(linear(layer_norm(slots, module.norm_pre_ff), module.fc1))
+            slots = slots + linear(hidden, module.fc2)
+        outputs.append(slots)
+    return torch.stack(outputs)
+
+
+def test_slot_attention_matches_slow_reference() -> None:
+    torch.manual_seed(0)
+    module = SlotAttention(num_slots=3, dim=12, iters=3, hidden_dim=20).double()
+    inputs = torch.randn(2, 7, 12, dtype=torch.float64)
+    noise = torch.randn(2, 3, 12, dtype=torch.float64)
+    want = reference_slot_attention(module, inputs, noise)
+    assert torch.allclose(module(inputs, noise), want, atol=1e-10)
+    # Eval mode starts every slot at its mean, i.e. zero noise.
+    module.eval()
+    assert torch.allclose(module(inputs), reference_slot_attention(module, inputs, torch.zeros_like(noise)), atol=1e-10)
+
+
+def test_saliency_gives_a_gradient_to_every_parameter() -> None:
+    model = tiny_saliency().train()
+    tokens = random_tokens(4)  # frozen encoder output: requires_grad is False
+    head = torch.nn.Linear(D, 5).requires_grad_(False)
+    labels = torch.tensor([0, 3, 1, 4])
+    saliency, _ = model(tokens)
+    positive, negative = saliency_contrast(tokens, saliency)
+    logits_pos, logits_neg = head(positive), head(negative)
+    true_pos = logits_pos.softmax(-1).gather(1, labels[:, None])
+    true_neg = logits_neg.softmax(-1).gather(1, labels[:, None])
+    # A margin of 1 on probabilities can never be met, so the hinge is active for every sample.
+    loss = F.cross_entropy(logits_pos, labels) + F.relu(1.0 - (true_pos - true_neg)).mean()
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert parameter.grad.abs().sum() > 0, name
+        assert torch.isfinite(parameter.grad).all(), name
+    assert len(list(model.parameters())) == 24  # every entry of the original state dict
+
+
+def test_eval_is_deterministic_and_training_is_not() -> None:
+    model = tiny_saliency()
+    tokens = random_tokens(3)
+    model.eval()
+    first, slots = model(tokens)
+    second, _ = model(tokens)
+    assert torch.equal(first, second)
+    # The fixed per-slot anchors keep the two slots apart, so eval saliency is not degenerate.
+    assert not torch.allclose(slots[:, 0], slots[:, 1])
+    model.train()
+    assert not torch.equal(model(tokens)[0], model(tokens)[0])
+
+
+def test_saliency_is_min_max_normalised_per_sample() -> None:
+    model = tiny_saliency().eval()
+    tokens = random_tokens(3) * torch.tensor([1.0, 10.0, 0.01]).view(3, 1, 1, 1)
+    saliency, slots = model(tokens)
+    assert saliency.shape == (3, T0) and slots.shape == (3, 2, W)
+    assert torch.equal(saliency.amin(1), torch.zeros(3)) and torch.equal(saliency.amax(1), torch.ones(3))
+    mask = saliency_mask(saliency)
+    assert mask.any(1).all() and not mask.all(1).any()
+
+
+def test_constant_saliency_is_zero_and_replays_the_whole_clip() -> None:
+    model = tiny_saliency().eval()
+    with torch.no_grad():
+        model.slot_attention.slots_sigma.zero_()  # both slots start at mu, so slot0 - slot1 is exactly 0
+    saliency, _ = model(random_tokens(2))
+    assert torch.equal(saliency, torch.zeros(2, T0))
+    assert saliency_mask(saliency).all()
+
+
+def test_saliency_mask_by_hand() -> None:
+    saliency = torch.tensor([[0.0, 1.0, 0.2, 0.6], [0.5, 0.5, 0.5, 0.5]])
+    # Row 0: mean 0.45, so frames 1 and 3; row 1 is constant and falls back to the whole clip.
+    assert saliency_mask(saliency).tolist() == [[False, True, False, True], [True, True, True, True]]
+
+
+def test_samples_are_independent_in_eval_mode() -> None:
+    model = tiny_saliency().eval()
+    tokens = random_tokens(3)
+    changed = tokens.clone()
+    changed[1] = 100.0 * torch.randn(T_TOK, F_TOK, D)
+    got, got_slots = model(changed)
+    want, want_slots = model(tokens)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    assert torch.equal(got_slots[0], want_slots[0])
+    assert not torch.equal(got[1], want[1])
+
+
+def test_temporal_profile_matches_numpy_interpolation() -> None:
+    tokens = random_tokens(2)
+    profile = temporal_profile(tokens, T0)
+    # align_corners=False: output frame u samples input row (u + 0.5) * T'' / T0 - 0.5, clamped at the edges.
+    rows = tokens.mean(2).numpy()  # [B, T'', D]
+    where = (np.arange(T0) + 0.5) * T_TOK / T0 - 0.5
+    want = np.stack(
+        [np.stack([np.interp(where, np.arange(T_TOK), rows[b, :, d]) for d in range(D)], -1) for b in range(2)]
+    )
+    assert profile.shape == (2, D, T0)
+    assert np.allclose(profile.transpose(1, 2).numpy(), want, atol=1e-5)
+
+
+def test_saliency_follows_time_not_frequency() -> None:
+    model = tiny_saliency().eval()
+    pattern = random_tokens(1).abs() * 5
+    early = torch.zeros(1, T_TOK, F_TOK, D)
+    late = torch.zeros(1, T_TOK, F_TOK, D)
+    early[:, :2] = pattern[:, :2]
+    late[:, -2:] = pattern[:, :2]
+    # Time rows really are time: the early tokens light up the first frames only, the late ones the last frames.
+    early_profile, late_profile = temporal_profile(early, T0)[0], temporal_profile(late, T0)[0]  # [D, T0]
+    assert early_profile[:, 25:].abs().max() == 0 and early_profile[:, :10].abs().min() > 0
+    assert late_profile[:, :15].abs().max() == 0 and late_profile[:, -10:].abs().min() > 0
+    assert not torch.allclose(model(early)[0], model(late)[0], atol=1e-3)
+    # Permuting the frequency axis leaves the saliency unchanged: only the time axis carries position.
+    shuffled = early[:, :, torch.randperm(F_TOK, generator=torch.Generator().manual_seed(3))]
+    assert torch.allclose(model(shuffled)[0], model(early)[0], atol=1e-5)
+
+
+def test_masked_token_pool_by_hand() -> None:
+    # Grid T''=2 x F''=2, D=2. Row 0 tokens: [1, 3] and [-1, 1]; row 1: [10, 20] and [0, 4].
+    tokens = torch.tensor([[[[1.0, -1.0], [3.0, 1.0]], [[10.0, 0.0], [20.0, 4.0]]]])
+    # T0=4 frames: frames 0-1 pool onto row 0 (weight 0.4), frames 2-3 onto row 1 (weight 0.5).
+    weights = torch.tensor([[0.2, 0.6, 1.0, 0.0]])
+    want = torch.tensor([[(0.4 * (1 + 3) + 0.5 * (10 + 20)) / 1.8, (0.4 * (-1 + 1) + 0.5 * (0 + 4)) / 1.8]])
+    assert torch.allclose(masked_token_pool(tokens, weights), want)
+    # T0=5 onto 2 rows: adaptive pooling bins [0, 3) and [2, 5) overlap on frame 2.
+    weights5 = torch.tensor([[0.3, 0.0, 0.6, 0.9, 0.0]])
+    row0, row1 = 0.9 / 3, 1.5 / 3
+    want5 = (row0 * tokens[0, 0].sum(0) + row1 * tokens[0, 1].sum(0)) / (2 * (row0 + row1))
+    assert torch.allclose(masked_token_pool(tokens, weights5)[0], want5)
+    # Zero weights give zeros, not NaN.
+    assert torch.equal(masked_token_pool(tokens, torch.zeros(1, 4)), torch.zeros(1, 2))
+    positive, negative = saliency_contrast(tokens, weights)
+    assert torch.equal(positive, masked_token_pool(tokens, weights))
+    assert torch.allclose(negative, masked_token_pool(tokens, 1 - weights))
+
+
+def test_bad_token_layout_names_the_fix() -> None:
+    model = tiny_saliency()
+    with pytest.raises(ValueError, match="grid"):
+        model(torch.zeros(2, T_TOK * F_TOK, D))
+    with pytest.raises(ValueError, match="num_slots"):
+        TemporalSaliency(D, T0, W, num_slots=1)
+
+
+def original_saliency_entry() -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of `saliency_slots.0.*` in the first model listed in the original's reference file."""
+    if not ORIGINAL_KEYS.is_file():
+        pytest.skip(f"original state-dict reference {ORIGINAL_KEYS} is absent (only in a developer checkout)")
+    sections = ORIGINAL_KEYS.read_text().split("\n## ")[1:]
+    prefix = "saliency_slots.0."
+    entry = {}
+    for line in sections[0].splitlines():
+        if line.startswith(prefix):
+            key, shape = line.split(" ", 1)
+            entry[key[len(prefix) :]] = tuple(ast.literal_eval(shape))
+    return entry
+
+
+def test_state_dict_matches_the_original() -> None:
+    want = original_saliency_entry()
+    model = TemporalSaliency(768, 400, 400)
+    assert len(want) == 24
+    assert {key: tuple(value.shape) for key, value in model.state_dict().items()} == want
+    model.load_state_dict({key: torch.zeros(shape) for key, shape in want.items()})
+
+
+def test_saliency_compiles_fullgraph() -> None:
+    dynamo = pytest.importorskip("torch._dynamo")
+    if not dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (dynamo) is not supported on this Python/platform")
+    dynamo.reset()
+    model = tiny_saliency().eval()
+    tokens = random_tokens(2)
+    # aot_eager captures the same full graph as inductor without a C++ build (seconds instead of a minute).
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
+    got, got_slots = compiled(tokens)
+    want, want_slots = model(tokens)
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_slots, want_slots, atol=1e-6)
+    mask = torch.compile(saliency_mask, fullgraph=True, backend="aot_eager", dynamic=False)(want)
+    assert torch.equal(mask, saliency_mask(want))
