@@ -299,6 +299,8 @@ def test_adaptive_kv_stride_by_hand() -> None:
     with torch.device("meta"):
         explicit = MViT(num_classes=[2], **{**ORIGINAL_S, "pool_kv_stride_adaptive": None, "pool_kv_stride": derived_s})
     assert [tuple(b.attn.pool_v.stride) for b in explicit.blocks] == [tuple(e[1:]) for e in derived_s]
+    # None (the config default) means no explicit list.
+    assert len(tiny_mvit(pool_kv_stride=None).blocks) == 3
 
 
 def test_original_b_structure_and_grids() -> None:

@@ -161,7 +161,7 @@ _C.ENCODER.HEAD_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
 # [[block, stride_t, stride_f], ...]; empty with POOL_KV_STRIDE_ADAPTIVE set derives them.
 _C.ENCODER.POOL_KV_STRIDE = []
 _C.ENCODER.POOL_KV_STRIDE_ADAPTIVE = [4, 4]
-_C.ENCODER.POOL_Q_STRIDE = [[1, 2, 2], [3, 2, 2], [14, 2, 2]]
+_C.ENCODER.POOL_Q_STRIDE = [[i, 2, 2] if i in (1, 3, 14) else [i, 1, 1] for i in range(16)]
 _C.ENCODER.POOL_KVQ_KERNEL = (3, 3)
 _C.ENCODER.USE_ABS_POS = False
 # Relative position is not supported (spectrogram grids are not square); only False is accepted.

@@ -456,7 +456,7 @@ class MViT(nn.Module):
         dim_mul: Sequence[Sequence[float]] = (),
         head_mul: Sequence[Sequence[float]] = (),
         pool_q_stride: Sequence[Sequence[int]] = (),
-        pool_kv_stride: Sequence[Sequence[int]] = (),
+        pool_kv_stride: Sequence[Sequence[int]] | None = (),
         pool_kv_stride_adaptive: Sequence[int] | None = None,
         pool_kvq_kernel: Sequence[int] | None = (3, 3),
         mode: str = "conv",
@@ -487,7 +487,7 @@ class MViT(nn.Module):
             head_mul: ``[block_index, multiplier]`` entries for the head count.
             pool_q_stride: ``[block_index, stride_t, stride_f]`` entries; a listed block pools its queries (and
                 max-pools its skip path when the stride exceeds 1).
-            pool_kv_stride: ``[block_index, stride_t, stride_f]`` entries for key/value pooling.
+            pool_kv_stride: ``[block_index, stride_t, stride_f]`` entries for key/value pooling (None: none).
             pool_kv_stride_adaptive: Initial KV stride from which every block's KV stride is derived
                 (:func:`adaptive_kv_stride`); excludes ``pool_kv_stride``.
             pool_kvq_kernel: Pooling kernel of Q/K/V; None uses ``stride + 1`` where the stride exceeds 1.
@@ -503,6 +503,8 @@ class MViT(nn.Module):
             ValueError: On an inconsistent argument; the message names it.
         """
         super().__init__()
+        # Configs spell "no explicit KV stride" as None (the original default).
+        pool_kv_stride = pool_kv_stride or ()
         num_classes = [int(n) for n in num_classes]
         if not num_classes or min(num_classes) < 1:
             raise ValueError(f"num_classes must list at least one positive class count per task, got {num_classes}")

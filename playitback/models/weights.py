@@ -95,7 +95,8 @@ def remap_state_dict(
     """Match the tensors of ``source`` to the keys of ``target``.
 
     Per source key, in order: strip a leading ``module.`` (DDP) and every ``clear_name_patterns`` substring; then
-    take the first of ``key``, ``encoder.`` + key, ``decoder.`` + key that exists in ``target`` with the same shape.
+    take the first of ``key``, ``encoder.`` + key, ``decoder.`` + key that exists in ``target`` with the same shape
+    (a prefixed name is skipped when another source key has that exact name).
     Failing that, a 3-channel ``patch_embed.proj.weight`` ``[D, 3, k, k]`` loads into a ``[D, 1, k, k]`` target as
     the mean over the RGB channels (ImageNet MViTv2). A candidate that exists with another shape is reported as a
     shape mismatch; a key with no candidate at all is reported as unexpected. Nothing raises, and neither input is
@@ -112,9 +113,14 @@ def remap_state_dict(
     mapped: dict[str, Tensor] = {}
     report = LoadReport()
     mismatched: set[str] = set()
+    cleaned = {raw_key: _clean_key(raw_key, clear_name_patterns) for raw_key in source}
+    # A target filled by a source key of the same name is never overwritten through a prefix (the original's unused
+    # top-level `norm` must not replace `encoder.norm`).
+    claimed = {key for raw_key, key in cleaned.items()
+               if key in target and tuple(target[key].shape) == tuple(source[raw_key].shape)}
     for raw_key, tensor in source.items():
-        key = _clean_key(raw_key, clear_name_patterns)
-        candidates = [key] + [prefix + key for prefix in _SUBMODULE_PREFIXES]
+        key = cleaned[raw_key]
+        candidates = [key] + [prefix + key for prefix in _SUBMODULE_PREFIXES if prefix + key not in claimed]
         present = [name for name in candidates if name in target]
         exact = next((name for name in present if tuple(target[name].shape) == tuple(tensor.shape)), None)
         rgb = next((name for name in present if _is_rgb_patch_kernel(name, tensor, target[name])), None)

@@ -1,0 +1,263 @@
+"""The playback pyramid: log-mel spectrograms of one crop at T0, 2*T0, ... frames (DESIGN.md section 2).
+
+The recipe is the original one (ORIGINAL.md section 2.4): a Hann window of ``window_ms`` zero-padded (centred) to
+``n_fft``, a centred STFT with zero padding, magnitude, HTK mel bands without normalisation, ``log(mel + 1e-6)``,
+time-major. Playback i over a crop of N samples uses the hop ``round(N / (T0 * (i + 1)))`` and keeps exactly
+``T0 * (i + 1)`` frames (the waveform is zero-padded at the end when the hop rounds down), so every clip of a batch
+gives the same shapes (bugs B15, B17 of the original).
+
+Shape legend: B batch, S samples of the crop, T frames, F mel bins (n_mels), W window samples.
+
+How it is fast (measured on a 2-core CPU, see ``bench/frontend.py``):
+
+* Frames shared between playbacks are computed once: where hop_i is a multiple k of a finer playback's hop_j, frame t
+  of playback i is frame t*k of playback j (e.g. VGG-Sound playback 0, hop 200, is every 2nd frame of playback 1).
+* Only the ``W`` window samples of each frame are gathered; ``torch.fft.rfft(n=n_fft)`` zero-pads them to ``n_fft``.
+  The pad sits after the window instead of around it, which changes only the phase, not the magnitude.
+* The magnitude is ``sqrt(re^2 + im^2)`` on the real view: ``Tensor.abs`` of a complex tensor costs twice as much.
+* The mel matrix is 98% zeros and banded; it is applied as a few dense blocks of consecutive bands, each restricted to
+  the bins those bands touch (about 8x fewer multiply-adds than the dense product).
+* On the CPU the frames go through in chunks that stay in cache.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import librosa
+import torch
+from torch import Tensor, nn
+
+LOG_OFFSET = 1e-6
+# Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
+# small matmuls; 16 was the fastest of 8/16/32 for 128 bands at n_fft 2048.
+_BANDS_PER_BLOCK = 16
+# Frames per chunk on the CPU (about 8 MiB of spectrum in flight); GPUs take the whole batch at once.
+_CPU_CHUNK_FRAMES = 2048
+
+
+def playback_hops(num_samples: int, num_playbacks: int, frames0: int = 400) -> list[int]:
+    """Hop of every playback, in samples: ``round(num_samples / (frames0 * (i + 1)))``.
+
+    Args:
+        num_samples: length N of the crop.
+        num_playbacks: number of playbacks S (PLAYBACK + 1).
+        frames0: frames T0 of playback 0.
+
+    Returns:
+        S hops, coarsest (playback 0) first.
+
+    Raises:
+        ValueError: if an argument is not positive or the crop is too short for a hop of at least one sample.
+    """
+    if num_playbacks < 1 or frames0 < 1:
+        raise ValueError(f"num_playbacks ({num_playbacks}) and frames0 ({frames0}) must be at least 1")
+    hops = [round(num_samples / (frames0 * (i + 1))) for i in range(num_playbacks)]
+    if hops[-1] < 1:
+        raise ValueError(
+            f"a crop of {num_samples} samples is too short for {num_playbacks} playbacks with frames0={frames0}: "
+            f"playback {num_playbacks - 1} needs {frames0 * num_playbacks} frames, i.e. a hop below one sample; "
+            "use longer crops, fewer playbacks or a smaller frames0"
+        )
+    return hops
+
+
+@dataclass(frozen=True)
+class _MelBlock:
+    """Consecutive mel bands [band_start, band_stop) that only touch the bins [bin_start, bin_stop)."""
+
+    band_start: int
+    band_stop: int
+    bin_start: int
+    bin_stop: int
+
+
+def _mel_blocks(mel: Tensor) -> list[_MelBlock]:
+    """Split the mel matrix [F, n_fft // 2 + 1] into blocks of consecutive bands with their bin support."""
+    blocks = []
+    for start in range(0, mel.shape[0], _BANDS_PER_BLOCK):
+        stop = min(start + _BANDS_PER_BLOCK, mel.shape[0])
+        support = mel[start:stop].ne(0).any(dim=0).nonzero().flatten().tolist()
+        # A block of all-zero bands (too many bands for n_fft) still needs a non-empty bin range.
+        bin_start, bin_stop = (support[0], support[-1] + 1) if support else (0, 1)
+        blocks.append(_MelBlock(start, stop, bin_start, bin_stop))
+    return blocks
+
+
+@dataclass(frozen=True)
+class _Constants:
+    """The window [W] and the weights [bins, bands] of every mel block, on one device and dtype."""
+
+    window: Tensor
+    mel_weights: list[Tensor]
+
+
+class PlaybackPyramid(nn.Module):
+    """Waveform crops -> playback pyramid of log-mel spectrograms (batched, on the waveform's device).
+
+    The module has no parameters or state-dict entries: the window and the mel matrix (as dense blocks of its
+    non-zero band) are built once and cached per (device, dtype) on first use, so it works on any device without
+    ``.to()``. float64 waveforms are processed in float64, every other floating dtype in float32.
+
+    Args:
+        sample_rate: sample rate of the waveforms in Hz.
+        num_playbacks: number of playbacks S (PLAYBACK + 1).
+        frames0: frames T0 of playback 0; playback i has T0 * (i + 1) frames.
+        window_ms: Hann window length in milliseconds (zero-padded to n_fft).
+        n_fft: FFT size (sets the bin spacing; only the window samples are non-zero).
+        n_mels: number of HTK mel bands F (fmin 0, fmax sample_rate / 2, no normalisation).
+    """
+
+    def __init__(self, sample_rate: int, num_playbacks: int, frames0: int = 400, window_ms: float = 20.0,
+                 n_fft: int = 2048, n_mels: int = 128) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.num_playbacks = num_playbacks
+        self.frames0 = frames0
+        self.win_length = round(window_ms * sample_rate / 1000)
+        self.n_fft = n_fft
+        self.n_mels = n_mels
+        if not 1 <= self.win_length <= n_fft:
+            raise ValueError(
+                f"window_ms={window_ms} gives a window of {self.win_length} samples at {sample_rate} Hz; "
+                f"it must be between 1 and n_fft={n_fft} samples"
+            )
+        # librosa centres the window inside the n_fft frame, so the window starts n_fft // 2 - (n_fft - W) // 2
+        # samples before the frame centre.
+        self.window_offset = n_fft // 2 - (n_fft - self.win_length) // 2
+        mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
+                                                   fmax=sample_rate / 2, htk=True, norm=None)).double()
+        self.mel_blocks = _mel_blocks(mel)
+        self._master = _Constants(
+            window=torch.hann_window(self.win_length, periodic=True, dtype=torch.float64),
+            mel_weights=[mel[b.band_start:b.band_stop, b.bin_start:b.bin_stop].T.contiguous()
+                         for b in self.mel_blocks],
+        )
+        self._cache: dict[tuple[torch.device, torch.dtype], _Constants] = {}
+        self.bin_start = min(b.bin_start for b in self.mel_blocks)
+        self.bin_stop = max(b.bin_stop for b in self.mel_blocks)
+
+    def mel_matrix(self) -> Tensor:
+        """The dense mel matrix [F, n_fft // 2 + 1] (float64) rebuilt from the cached blocks."""
+        mel = torch.zeros(self.n_mels, self.n_fft // 2 + 1, dtype=torch.float64)
+        for block, weights in zip(self.mel_blocks, self._master.mel_weights):
+            mel[block.band_start:block.band_stop, block.bin_start:block.bin_stop] = weights.T
+        return mel
+
+    def _constants(self, device: torch.device, dtype: torch.dtype) -> _Constants:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = _Constants(
+                window=self._master.window.to(device, dtype),
+                mel_weights=[w.to(device, dtype) for w in self._master.mel_weights],
+            )
+        return self._cache[key]
+
+    def forward(self, waveform: Tensor) -> list[Tensor]:
+        """Render the playback pyramid of a batch of crops.
+
+        Args:
+            waveform: crops [B, S] or one crop [S], float, on any device.
+
+        Returns:
+            num_playbacks tensors [B, T0 * (i + 1), F] (or [T0 * (i + 1), F] for one crop) on the waveform's device,
+            float32 (float64 for float64 input).
+        """
+        if waveform.dim() not in (1, 2) or not waveform.is_floating_point():
+            raise ValueError(
+                f"PlaybackPyramid expects a float waveform [S] or a batch [B, S]; got {waveform.dtype} "
+                f"{tuple(waveform.shape)} (down-mix channels first; convert int16 PCM with waveform.float() / 32768)"
+            )
+        if waveform.dim() == 1:
+            return [p[0] for p in self.forward(waveform[None])]
+        dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
+        waveform = waveform.to(dtype)
+        constants = self._constants(waveform.device, dtype)
+        hops = playback_hops(waveform.shape[-1], self.num_playbacks, self.frames0)
+        frames = [self.frames0 * (i + 1) for i in range(self.num_playbacks)]
+        sources = _frame_sources(tuple(hops), tuple(frames))
+        rendered: dict[int, Tensor] = {}
+        for i in reversed(range(self.num_playbacks)):
+            if sources[i] is None:
+                rendered[i] = self._log_mel(waveform, hops[i], frames[i], constants)
+        out = []
+        for i, source in enumerate(sources):
+            if source is None:
+                out.append(rendered[i])
+            else:
+                finer, stride = source
+                out.append(rendered[finer][:, : frames[i] * stride : stride].contiguous())
+        return out
+
+    def _log_mel(self, waveform: Tensor, hop: int, num_frames: int, constants: _Constants) -> Tensor:
+        """Log-mel of every crop at one hop: waveform [B, S] -> [B, num_frames, F]."""
+        batch, num_samples = waveform.shape
+        # Zero-pad so that the window of frame t covers samples [t * hop - offset, t * hop - offset + W) of the crop
+        # and the last of the num_frames frames fits.
+        right = max(0, (num_frames - 1) * hop + self.win_length - self.window_offset - num_samples)
+        padded = nn.functional.pad(waveform, (self.window_offset, right))
+        windows = padded.unfold(-1, self.win_length, hop)[:, :num_frames]  # [B, T, W] view
+        chunk_items = batch
+        if waveform.device.type == "cpu":
+            chunk_items = max(1, _CPU_CHUNK_FRAMES // num_frames)
+        chunks = [self._log_mel_frames(item_windows, constants)
+                  for item_windows in windows.split(chunk_items)]
+        return torch.cat(chunks).view(batch, num_frames, self.n_mels)
+
+    def _log_mel_frames(self, windows: Tensor, constants: _Constants) -> Tensor:
+        """windows [b, T, W] (raw samples) -> log-mel [b * T, F]."""
+        framed = (windows * constants.window).flatten(0, 1)  # [b*T, W], contiguous
+        spectrum = torch.fft.rfft(framed, n=self.n_fft)[:, self.bin_start:self.bin_stop]
+        parts = torch.view_as_real(spectrum).square()
+        magnitude = (parts[..., 0] + parts[..., 1]).sqrt_()  # [b*T, bins]
+        mel = torch.cat(
+            [magnitude[:, b.bin_start - self.bin_start:b.bin_stop - self.bin_start] @ w
+             for b, w in zip(self.mel_blocks, constants.mel_weights)],
+            dim=1,
+        )
+        return mel.add_(LOG_OFFSET).log_()
+
+
+@functools.lru_cache(maxsize=None)
+def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...]) -> list[tuple[int, int] | None]:
+    """For each playback, None (render it) or (finer playback j, stride k) whose every k-th frame it equals.
+
+    Frame t of playback i is centred on sample t * hop_i; when hop_i = k * hop_j that is frame t * k of playback j,
+    provided playback j has enough frames. Finer playbacks are decided first so that sources are always rendered.
+    """
+    sources: list[tuple[int, int] | None] = [None] * len(hops)
+    for i in reversed(range(len(hops))):
+        for j in range(len(hops) - 1, i, -1):
+            stride = hops[i] // hops[j]
+            if (sources[j] is None and hops[i] % hops[j] == 0
+                    and (frames[i] - 1) * stride < frames[j]):
+                sources[i] = (j, stride)
+                break
+    return sources
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_pyramid(sample_rate: int, num_playbacks: int, frames0: int, window_ms: float, n_fft: int,
+                    n_mels: int) -> PlaybackPyramid:
+    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels)
+
+
+def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, frames0: int = 400,
+                     window_ms: float = 20.0, n_fft: int = 2048, n_mels: int = 128) -> list[Tensor]:
+    """Playback pyramid of one crop or a batch of crops (public API, DESIGN.md section 6).
+
+    Uses one cached :class:`PlaybackPyramid` per configuration, so repeated calls build the mel matrix once.
+
+    Args:
+        waveform: crop [S] or crops [B, S], float, on any device.
+        sample_rate: sample rate in Hz.
+        num_playbacks: number of playbacks S (PLAYBACK + 1).
+        frames0: frames T0 of playback 0.
+        window_ms: Hann window length in milliseconds.
+        n_fft: FFT size.
+        n_mels: number of mel bands F.
+
+    Returns:
+        num_playbacks tensors [T0 * (i + 1), F] or [B, T0 * (i + 1), F] on the waveform's device.
+    """
+    return _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels)(waveform)
