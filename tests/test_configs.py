@@ -138,3 +138,11 @@ def test_derived_values_are_not_written_back() -> None:
     assert derived.base_lr(cfg) == pytest.approx(2 * cfg.SOLVER.BASE_LR)
     assert cfg.SOLVER.BASE_LR == 5e-4
     assert [derived.playback_hop(cfg, i) for i in range(4)] == [200, 100, 67, 50]
+
+
+def test_config_reference_page_is_up_to_date() -> None:
+    from playitback.config.doc import config_reference
+
+    assert (REPO / "docs" / "config.md").read_text() == config_reference(), (
+        "docs/config.md is stale: run `python -m playitback.config.doc > docs/config.md`"
+    )

@@ -15,6 +15,7 @@ _C = CfgNode()
 # Training.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TRAIN = CfgNode()
+# Run the training stage.
 _C.TRAIN.ENABLE = True
 # Dataset of the train and val splits: vggsound | audioset | epickitchens.
 _C.TRAIN.DATASET = "vggsound"
@@ -46,21 +47,28 @@ _C.TRAIN.MAX_ITERS_PER_EPOCH = 0
 # MixUp / CutMix over the batch (all playbacks share one lambda and permutation).
 # ---------------------------------------------------------------------------------------------------------------------
 _C.MIXUP = CfgNode()
+# Mix pairs of clips (and their targets) in training.
 _C.MIXUP.ENABLE = False
+# Beta(ALPHA, ALPHA) of the MixUp weight.
 _C.MIXUP.ALPHA = 0.3
+# Beta(CUTMIX_ALPHA, CUTMIX_ALPHA) of the CutMix area (one time x frequency box, the same seconds in every playback).
 _C.MIXUP.CUTMIX_ALPHA = 1.0
 # Probability that a batch is mixed at all.
 _C.MIXUP.PROB = 0.3
 # Probability of CutMix instead of MixUp when a batch is mixed.
 _C.MIXUP.SWITCH_PROB = 0.5
+# Label smoothing of single-label and per-task targets when MixUp is enabled.
 _C.MIXUP.LABEL_SMOOTH_VALUE = 0.1
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Testing.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TEST = CfgNode()
+# Run the test stage (after training when both are enabled).
 _C.TEST.ENABLE = True
+# Dataset of the test split.
 _C.TEST.DATASET = "vggsound"
+# Total test batch size over all processes.
 _C.TEST.BATCH_SIZE = 8
 # Checkpoint to evaluate; empty: the best (or last, see CHECKPOINT_SELECT) checkpoint of OUTPUT_DIR.
 _C.TEST.CHECKPOINT_FILE_PATH = ""
@@ -79,6 +87,7 @@ _C.TEST.SAVE_SEGMENTS = False
 _C.MODEL = CfgNode()
 # Only a name for logs; the architecture follows from PLAYBACK and the ENCODER/DECODER nodes.
 _C.MODEL.MODEL_NAME = "PlayItBackX2"
+# Classes of a single-task model (309 VGG-Sound, 527 AudioSet).
 _C.MODEL.NUM_CLASSES = 400
 # Several heads (EPIC-KITCHENS verb and noun); their class counts are MULTITASK_CLASSES.
 _C.MODEL.MULTITASK = False
@@ -106,7 +115,9 @@ _C.MODEL.COMPILE = False
 # Temporal saliency (slot attention), one module per playback.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.SALIENCY = CfgNode()
+# Slots of the slot attention (slot 0 positive, slot 1 negative).
 _C.SALIENCY.NUM_SLOTS = 2
+# Slot-attention iterations.
 _C.SALIENCY.ITERS = 3
 # Length of each slot's temporal vector; 0 means AUDIO_DATA.FRAMES0.
 _C.SALIENCY.RESOLUTION = 0
@@ -115,25 +126,34 @@ _C.SALIENCY.RESOLUTION = 0
 # Decoder (TemPr): one cross-attention per playback.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.DECODER = CfgNode()
+# Fourier bands of the 2-D position encoding (per axis).
 _C.DECODER.NUM_FREQ_BANDS = 6
+# Highest Fourier frequency is MAX_FREQ / 2.
 _C.DECODER.MAX_FREQ = 10.0
 # Width of the encoder tokens; must equal the encoder's output width.
 _C.DECODER.INPUT_CHANNELS = 768
+# Latent array: NUM_LATENTS x LATENT_DIM.
 _C.DECODER.NUM_LATENTS = 256
 _C.DECODER.LATENT_DIM = 512
+# Heads and head widths of the cross- and self-attention.
 _C.DECODER.CROSS_HEADS = 1
 _C.DECODER.LATENT_HEADS = 8
 _C.DECODER.CROSS_DIM_HEAD = 64
 _C.DECODER.LATENT_DIM_HEAD = 64
+# Dropout inside the decoder attention and feed-forward blocks.
 _C.DECODER.ATTN_DROPOUT = 0.0
 _C.DECODER.FF_DROPOUT = 0.0
+# Share the modules of decoder layers 1, 2, ... (layer 0 keeps its own).
 _C.DECODER.WEIGHT_TIE_LAYERS = False
+# Concatenate the Fourier position encoding of the (time, frequency) grid to the tokens.
 _C.DECODER.FOURIER_ENCODE_DATA = True
+# Self-attention blocks after each cross-attention.
 _C.DECODER.SELF_PER_CROSS_ATTN = 3
 # mean | adaptive | adaptive_concat
 _C.DECODER.FUSION = "adaptive"
 # features | predictions
 _C.DECODER.FUSION_LOC = "features"
+# Dropout of the adaptive fusions (the original's hard-coded 0.1).
 _C.DECODER.FUSION_DROPOUT = 0.1
 # Number of decoder layers; must equal MODEL.PLAYBACK + 1 (one layer per playback).
 _C.DECODER.DEPTH = 4
@@ -144,16 +164,24 @@ _C.DECODER.DEPTH = 4
 _C.ENCODER = CfgNode()
 # Pooling of Q/K/V: conv | avg | max.
 _C.ENCODER.MODE = "conv"
+# Pool the tokens before the Q/K/V projections.
 _C.ENCODER.POOL_FIRST = False
+# Add a cls token (it attends but is dropped from the output tokens).
 _C.ENCODER.CLS_EMBED_ON = False
+# Patch embedding convolution (time, frequency).
 _C.ENCODER.PATCH_KERNEL = [7, 7]
 _C.ENCODER.PATCH_STRIDE = [4, 4]
 _C.ENCODER.PATCH_PADDING = [3, 3]
+# Width and heads of the first block.
 _C.ENCODER.EMBED_DIM = 96
 _C.ENCODER.NUM_HEADS = 1
+# MLP hidden width over the token width.
 _C.ENCODER.MLP_RATIO = 4.0
+# Bias in the Q/K/V projection.
 _C.ENCODER.QKV_BIAS = True
+# Stochastic depth of the last block (rising linearly from 0).
 _C.ENCODER.DROPPATH_RATE = 0.1
+# Number of blocks.
 _C.ENCODER.DEPTH = 16
 # [[block, multiplier], ...]
 _C.ENCODER.DIM_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
@@ -162,11 +190,15 @@ _C.ENCODER.HEAD_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
 _C.ENCODER.POOL_KV_STRIDE = []
 _C.ENCODER.POOL_KV_STRIDE_ADAPTIVE = [4, 4]
 _C.ENCODER.POOL_Q_STRIDE = [[i, 2, 2] if i in (1, 3, 14) else [i, 1, 1] for i in range(16)]
+# Kernel of the Q/K/V pooling.
 _C.ENCODER.POOL_KVQ_KERNEL = (3, 3)
+# Learned absolute position embedding (fixes the input length to FRAMES0).
 _C.ENCODER.USE_ABS_POS = False
 # Relative position is not supported (spectrogram grids are not square); only False is accepted.
 _C.ENCODER.REL_POS_SPATIAL = False
+# Add the pooled queries to the attention output (MViTv2).
 _C.ENCODER.RESIDUAL_POOLING = True
+# Grow the width inside the attention (MViTv2) rather than in the MLP (MViTv1).
 _C.ENCODER.DIM_MUL_IN_ATT = True
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -183,17 +215,21 @@ _C.DATA.FRONTEND = "auto"
 _C.DATA.ALLOW_UNSAFE_PICKLE = False
 
 _C.AUDIO_DATA = CfgNode()
+# Rate the audio is read at (files at another rate are resampled).
 _C.AUDIO_DATA.SAMPLING_RATE = 24000
 # Crop length in seconds.
 _C.AUDIO_DATA.CLIP_SECS = 1.279
 # STFT window in milliseconds (Hann, zero-padded to N_FFT).
 _C.AUDIO_DATA.WINDOW_LENGTH = 10
+# FFT size (sets the bin spacing).
 _C.AUDIO_DATA.N_FFT = 2048
+# Mel bands (HTK, no normalisation).
 _C.AUDIO_DATA.NUM_FREQUENCIES = 128
 # Frames of playback 0 (T0); playback i has T0 * (i + 1) frames over the same crop.
 _C.AUDIO_DATA.FRAMES0 = 400
 
 _C.SPEC_AUGMENT = CfgNode()
+# SpecAugment in training (per playback): time warp, frequency masks, time masks, in frames and bins.
 _C.SPEC_AUGMENT.ENABLE = True
 _C.SPEC_AUGMENT.TIME_WARP = 5
 _C.SPEC_AUGMENT.FREQ_MASK = 27
@@ -202,7 +238,9 @@ _C.SPEC_AUGMENT.TIME_MASK = 25
 _C.SPEC_AUGMENT.NUM_TIME_MASKS = 2
 
 _C.DATA_LOADER = CfgNode()
+# DataLoader worker processes per training process.
 _C.DATA_LOADER.NUM_WORKERS = 8
+# Pinned host memory for faster copies to the GPU.
 _C.DATA_LOADER.PIN_MEMORY = True
 # A file that cannot be read: raise | skip (replaced by another item, counted, logged to OUTPUT_DIR/bad_files.txt) |
 # auto (skip in training, raise in val/test).
@@ -216,10 +254,12 @@ _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 _C.EPICKITCHENS = CfgNode()
 # The HDF5 file: one 1-D dataset per video_id, attribute "sample_rate".
 _C.EPICKITCHENS.AUDIO_DATA_FILE = ""
+# Folder of the annotation lists below.
 _C.EPICKITCHENS.ANNOTATIONS_DIR = ""
 _C.EPICKITCHENS.TRAIN_LIST = "EPIC_100_train.csv"
 _C.EPICKITCHENS.VAL_LIST = "EPIC_100_validation.csv"
 _C.EPICKITCHENS.TEST_LIST = "EPIC_100_validation.csv"
+# Train on the train and validation lists together.
 _C.EPICKITCHENS.TRAIN_PLUS_VAL = False
 # Name of the scores file written by the test.
 _C.EPICKITCHENS.TEST_SPLIT = "validation"
@@ -246,25 +286,33 @@ _C.AUDIOSET.TEST_LIST = "test.csv"
 # Optimisation.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.SOLVER = CfgNode()
+# Peak learning rate (after warmup).
 _C.SOLVER.BASE_LR = 0.1
 # cosine | steps_with_relative_lrs
 _C.SOLVER.LR_POLICY = "cosine"
 _C.SOLVER.COSINE_END_LR = 1e-4
+# steps_with_relative_lrs: epochs where the LR changes, and the LR multipliers.
 _C.SOLVER.STEPS = []
 _C.SOLVER.LRS = []
+# Epochs of training.
 _C.SOLVER.MAX_EPOCH = 300
+# SGD momentum, dampening and Nesterov.
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.DAMPENING = 0.0
 _C.SOLVER.NESTEROV = True
+# Weight decay (never on 1-D parameters and biases when ZERO_WD_1D_PARAM).
 _C.SOLVER.WEIGHT_DECAY = 1e-4
+# Linear warmup from WARMUP_START_LR over WARMUP_EPOCHS (fractional), per iteration.
 _C.SOLVER.WARMUP_EPOCHS = 0.0
 _C.SOLVER.WARMUP_START_LR = 1e-8
 # sgd | adam | adamw
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"
 # Multiply BASE_LR by NUM_SHARDS (computed, never written back).
 _C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False
+# The cosine starts after the warmup.
 _C.SOLVER.COSINE_AFTER_WARMUP = True
 _C.SOLVER.ZERO_WD_1D_PARAM = True
+# Gradient clipping by value or by global L2 norm (None: off).
 _C.SOLVER.CLIP_GRAD_VAL = None
 _C.SOLVER.CLIP_GRAD_L2NORM = None
 
@@ -272,11 +320,13 @@ _C.SOLVER.CLIP_GRAD_L2NORM = None
 # Logging.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TENSORBOARD = CfgNode()
+# Write TensorBoard scalars.
 _C.TENSORBOARD.ENABLE = False
 # Default: OUTPUT_DIR/runs-<TRAIN.DATASET>.
 _C.TENSORBOARD.LOG_DIR = ""
 
 _C.WANDB = CfgNode()
+# Log to Weights & Biases (pip install wandb); RUN_ID resumes a run.
 _C.WANDB.ENABLE = False
 _C.WANDB.RUN_ID = ""
 _C.WANDB.PROJECT = "playitback"
@@ -288,11 +338,16 @@ _C.WANDB.MODE = "online"
 # ---------------------------------------------------------------------------------------------------------------------
 # Processes (GPUs) per machine; 0 runs on the CPU with the gloo backend.
 _C.NUM_GPUS = 1
+# Machines in the job, and this machine's index (or --num_shards / --shard_id).
 _C.NUM_SHARDS = 1
 _C.SHARD_ID = 0
+# Checkpoints, logs, metrics.jsonl and scores go here.
 _C.OUTPUT_DIR = "./tmp"
+# Seed of everything (each process adds its rank).
 _C.RNG_SEED = 1
+# Iterations between training log lines.
 _C.LOG_PERIOD = 10
+# Log the parameter counts at start.
 _C.LOG_MODEL_INFO = True
 # Backend on GPU; the CPU always uses gloo.
 _C.DIST_BACKEND = "nccl"
