@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from playitback.config import derived
 from playitback.data.build import build_pyramid
+from playitback.engine.checkpoint import CheckpointError, load_checkpoint_file
 from playitback.engine.trainer import load_weights
 from playitback.models import build_model
 from playitback.models.replay import salient_runs
+from playitback.models.weights import remap_state_dict
 
 
 @dataclass
@@ -45,13 +47,33 @@ class CropAnalysis:
     segments: list[list[list[float]]]
 
 
-def load_inference_model(cfg: CfgNode, checkpoint: str | Path | None, device: torch.device) -> nn.Module:
+def load_inference_model(cfg: CfgNode, checkpoint: str | Path | None, device: torch.device,
+                         strict: bool = False) -> nn.Module:
     """build_model(cfg) with the checkpoint's weights, in eval mode on `device`.
 
-    Raises CheckpointError when no weight of the checkpoint fits the config's model.
+    Args:
+        cfg: The config the checkpoint was trained with.
+        checkpoint: Checkpoint file, or None for random weights.
+        device: Where the model runs.
+        strict: Require every weight of the model from the checkpoint (for prediction: a head or decoder left at
+            its random initialisation would give confident nonsense).
+
+    Raises:
+        CheckpointError: No weight of the checkpoint fits the config's model or, when `strict`, some do not.
     """
     model = build_model(cfg)
     if checkpoint is not None:
+        if strict:
+            source = load_checkpoint_file(checkpoint)
+            source = source.get("model_state", source.get("model", source))
+            _, report = remap_state_dict(source, model.state_dict(), cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+            if report.missing:
+                shown = ", ".join(report.missing[:5]) + (", ..." if len(report.missing) > 5 else "")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} does not fit the model of this config: {len(report.missing)} of "
+                    f"{len(model.state_dict())} weights are missing or have another shape ({shown}); pass the config "
+                    "the checkpoint was trained with (the same MODEL.*, ENCODER.*, DECODER.* and class count)"
+                )
         load_weights(model, checkpoint, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     return model.to(device).eval()
 
@@ -115,3 +137,42 @@ def crop_windows(waveform: np.ndarray, clip_samples: int, hop_samples: int) -> t
         piece = waveform[start:start + clip_samples]
         crops[row, : piece.shape[0]] = piece
     return torch.from_numpy(crops), starts
+
+
+@dataclass
+class Timeline:
+    """The analysis windows of one recording laid end to end on the recording's time axis.
+
+    Attributes:
+        spectrogram: [T, F] log-mel of playback 0; where windows overlap the later window is shown.
+        saliency: [S, T] saliency of each playback (S = 0 for the encoder alone), stitched the same way.
+        segments: per replay, every replayed [start_s, end_s] span of every window, in recording seconds.
+        duration_s: T frames times the frame duration.
+    """
+
+    spectrogram: np.ndarray
+    saliency: np.ndarray
+    segments: list[list[list[float]]]
+    duration_s: float
+
+
+def stitch_windows(windows: list[CropAnalysis]) -> Timeline:
+    """Lay the windows of one recording (from :func:`crop_windows` + :func:`analyse_crops`) on one time axis.
+
+    Window w covers frames ``[round(start_w / frame_s), ... + T0)`` with ``frame_s = duration_s / T0``.
+    """
+    if not windows:
+        raise ValueError("stitch_windows needs at least one window")
+    frames0, bins = windows[0].spectrogram.shape
+    frame_s = windows[0].duration_s / frames0
+    offsets = [int(round(w.start_s / frame_s)) for w in windows]
+    total = max(offsets) + frames0
+    spectrogram = np.zeros((total, bins), dtype=np.float32)
+    saliency = np.zeros((windows[0].saliency.shape[0], total), dtype=np.float32)
+    segments: list[list[list[float]]] = [[] for _ in windows[0].segments]
+    for offset, window in zip(offsets, windows):
+        spectrogram[offset:offset + frames0] = window.spectrogram
+        saliency[:, offset:offset + frames0] = window.saliency
+        for replay_index, spans in enumerate(window.segments):
+            segments[replay_index].extend(spans)
+    return Timeline(spectrogram, saliency, segments, total * frame_s)

@@ -236,7 +236,7 @@ def test_reader_errors(tmp_path: Path) -> None:
     two_col.write_text("a.mp4,dog\nb.mp4,owl\n")
     with pytest.raises(AnnotationError, match="class 'owl' is not in class_index \\(1 classes\\)"):
         read_annotations(two_col, "vggsound", class_index={"dog": 0})
-    with pytest.raises(AnnotationError, match="class_index applies to VGG-Sound only"):
+    with pytest.raises(AnnotationError, match="class_index applies to VGG-Sound and custom lists only"):
         read_annotations(two_col, "audioset", class_index={"dog": 0})
     with pytest.raises(AnnotationError, match="the split option does not apply to this file"):
         read_annotations(two_col, "vggsound", split="train")

@@ -17,7 +17,7 @@ _C = CfgNode()
 _C.TRAIN = CfgNode()
 # Run the training stage.
 _C.TRAIN.ENABLE = True
-# Dataset of the train and val splits: vggsound | audioset | epickitchens.
+# Dataset of the train and val splits: vggsound | audioset | epickitchens | custom.
 _C.TRAIN.DATASET = "vggsound"
 # Total batch size over all processes (per process: BATCH_SIZE / world size).
 _C.TRAIN.BATCH_SIZE = 64
@@ -281,6 +281,19 @@ _C.AUDIOSET.AUDIO_EXT = ".flac"
 _C.AUDIOSET.TRAIN_LIST = "as2m_train.csv"
 _C.AUDIOSET.VAL_LIST = "test.csv"
 _C.AUDIOSET.TEST_LIST = "test.csv"
+
+# Your own dataset: TRAIN.DATASET custom. Lists are project CSVs (tools/prepare_annotations.py --from-folders) or CSVs
+# with the columns file (path under AUDIO_DATA_DIR, with its extension) and label (or labels, joined with ";").
+_C.CUSTOM = CfgNode()
+_C.CUSTOM.AUDIO_DATA_DIR = ""
+_C.CUSTOM.ANNOTATIONS_DIR = ""
+# Appended to each list entry's path (empty when the lists carry the extension).
+_C.CUSTOM.AUDIO_EXT = ""
+_C.CUSTOM.TRAIN_LIST = "train.csv"
+_C.CUSTOM.VAL_LIST = "test.csv"
+_C.CUSTOM.TEST_LIST = "test.csv"
+# Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the sorted names of the train list.
+_C.CUSTOM.CLASSES_FILE = "classes.txt"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Optimisation.

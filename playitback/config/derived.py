@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode
 
-DATASETS = ("vggsound", "audioset", "epickitchens")
+DATASETS = ("vggsound", "audioset", "epickitchens", "custom")
 SPLITS = ("train", "val", "test")
 
 

@@ -7,7 +7,11 @@ Supported inputs (recognised by extension and content):
 * the project's own CSV (header ``uid,source,labels,start_s,stop_s,label_names``), written by
   :func:`write_records_csv` and by ``tools/prepare_annotations.py``;
 * the official CSVs: VGG-Sound ``vggsound.csv`` (and the original's two-column ``test.csv``), AudioSet
-  ``*_segments.csv`` with ``class_labels_indices.csv``, EPIC-KITCHENS-100 ``EPIC_100_*.csv``.
+  ``*_segments.csv`` with ``class_labels_indices.csv``, EPIC-KITCHENS-100 ``EPIC_100_*.csv``;
+* a user's own dataset ("custom"): a CSV with a header holding ``file`` (audio path relative to the audio root, with
+  its extension) and ``label`` or ``labels`` (class names, several joined with ``;`` for multi-label), or a
+  folder-per-class tree turned into project CSVs by :func:`records_from_folders` / ``tools/prepare_annotations.py
+  --from-folders``.
 
 Class ids. VGG-Sound pickles carry their own ids (neither alphabetical nor first-appearance order); for VGG-Sound CSVs
 the ids come from ``class_index`` when given, else from the sorted class names. A model trained on the original pickles
@@ -35,10 +39,14 @@ __all__ = [
     "class_index_from_records",
     "class_names_from_records",
     "read_annotations",
+    "read_class_list",
+    "records_from_folders",
+    "split_records",
     "write_records_csv",
 ]
 
-DATASETS = ("vggsound", "audioset", "epickitchens")
+DATASETS = ("vggsound", "audioset", "epickitchens", "custom")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 PROJECT_CSV_COLUMNS = ("uid", "source", "labels", "start_s", "stop_s", "label_names")
 _LIST_SEPARATOR = ";"
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -82,9 +90,10 @@ def read_annotations(
         raise AnnotationError(f"{path}: unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found; check the path (and the *.ANNOTATIONS_DIR key)")
-    if class_index is not None and dataset != "vggsound":
+    if class_index is not None and dataset not in ("vggsound", "custom"):
         raise AnnotationError(
-            f"{path}: class_index applies to VGG-Sound only; {dataset} files carry their own ids, drop the argument"
+            f"{path}: class_index applies to VGG-Sound and custom lists only; {dataset} files carry their own ids, "
+            "drop the argument"
         )
     suffix = path.suffix.lower()
     if suffix in _PICKLE_SUFFIXES:
@@ -303,6 +312,10 @@ def _read_csv(
         _reject_option(path, "split", split, "project CSVs hold one split each")
         _reject_option(path, "class_labels_csv", class_labels_csv, "project CSVs carry their class ids")
         return _read_project_csv(path, class_index)
+    if dataset == "custom":
+        _reject_option(path, "split", split, "custom lists hold one split each")
+        _reject_option(path, "class_labels_csv", class_labels_csv, "it is an AudioSet option")
+        return _read_custom_csv(path, [cell.strip() for cell in first], class_index)
     if dataset == "epickitchens":
         if first[0].strip() != "narration_id":
             raise AnnotationError(
@@ -413,3 +426,77 @@ def _read_audioset_segments(path: Path, class_labels_csv: str | Path | None) -> 
                 ClipRecord(uid=stem, source=stem, labels=ids, label_names=tuple(id_to_name[i] for i in ids))
             )
     return records
+
+
+def _read_custom_csv(path: Path, header: Sequence[str], class_index: Mapping[str, int] | None) -> list[ClipRecord]:
+    label_column = "labels" if "labels" in header else "label"
+    if "file" not in header or label_column not in header:
+        raise AnnotationError(
+            f"{path}: a custom list needs a header with the columns file and label (or labels), found {list(header)}; "
+            "or write a project CSV with tools/prepare_annotations.py"
+        )
+    frame = _read_frame(path, header=0)
+    names_per_row = [tuple(n.strip() for n in cell.split(_LIST_SEPARATOR) if n.strip()) for cell in frame[label_column]]
+    if class_index is None:
+        class_index = {name: i for i, name in enumerate(sorted({n for names in names_per_row for n in names}))}
+    records = []
+    for file, names in zip(frame["file"], names_per_row):
+        if not names:
+            raise AnnotationError(f"{path}: {file} has no label; every row needs at least one class name")
+        records.append(ClipRecord(uid=os.path.splitext(file)[0], source=file,
+                                  labels=tuple(_lookup_ids(path, names, class_index)), label_names=names))
+    return records
+
+
+def read_class_list(path: str | Path) -> dict[str, int]:
+    """A class list (one name per line, line number = id) as name -> id."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: class list not found; write one class name per line (line number = id)")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: the class list repeats a name; every class must appear once")
+    return {name: index for index, name in enumerate(names)}
+
+
+def records_from_folders(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[ClipRecord]:
+    """A folder-per-class tree (``root/<class name>/**/<file>``) as records with sorted class names as ids; sources
+    are paths relative to ``root`` with their extension (read them with an audio extension of "")."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AnnotationError(f"{root}: folder not found; give the folder holding one sub-folder per class")
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    records = []
+    for class_id, name in enumerate(classes):
+        for file in sorted((root / name).rglob("*")):
+            if file.is_file() and file.suffix.lower() in extensions:
+                relative = file.relative_to(root).as_posix()
+                records.append(ClipRecord(uid=os.path.splitext(relative)[0], source=relative, labels=(class_id,),
+                                          label_names=(name,)))
+    if not records:
+        raise AnnotationError(
+            f"{root}: no audio files ({', '.join(extensions)}) in class sub-folders; expected root/<class>/<file>"
+        )
+    return records
+
+
+def split_records(records: Sequence[ClipRecord], test_fraction: float, seed: int = 0
+                  ) -> tuple[list[ClipRecord], list[ClipRecord]]:
+    """A reproducible split, stratified by the first label: about `test_fraction` of every class goes to test (at
+    least one clip of a class with two or more)."""
+    import random
+
+    if not 0 < test_fraction < 1:
+        raise AnnotationError(f"test fraction {test_fraction} must be between 0 and 1")
+    by_class: dict[int, list[ClipRecord]] = {}
+    for record in records:
+        by_class.setdefault(record.labels[0], []).append(record)
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in sorted(by_class):
+        members = list(by_class[label])
+        rng.shuffle(members)
+        count = max(1, round(len(members) * test_fraction)) if len(members) > 1 else 0
+        test.extend(members[:count])
+        train.extend(members[count:])
+    return train, test

@@ -116,13 +116,13 @@ class FileAudioReader:
 
     Args:
         root: Audio root folder.
-        extension: File extension, with or without the dot (``"wav"``, ``".flac"``).
+        extension: File extension, with or without the dot (``"wav"``, ``".flac"``); empty when the sources carry it.
         sample_rate: Output rate in Hz.
     """
 
     def __init__(self, root: str | Path, extension: str, sample_rate: int) -> None:
         self.root = Path(root)
-        self.extension = extension if extension.startswith(".") else f".{extension}"
+        self.extension = extension if not extension or extension.startswith(".") else f".{extension}"
         self.sample_rate = sample_rate
 
     def path(self, record: ClipRecord) -> Path:

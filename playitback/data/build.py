@@ -1,12 +1,14 @@
 """Where the config meets the data path: annotation files, readers, datasets and loaders of a split."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
 from playitback.config import derived
-from playitback.data.annotations import read_annotations
+from playitback.data.annotations import class_index_from_records, read_annotations, read_class_list
 from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
 from playitback.data.dataset import AudioClipDataset, LabelFormat, collate
 from playitback.data.records import ClipRecord
@@ -40,12 +42,32 @@ def build_pyramid(cfg: CfgNode) -> PlaybackPyramid:
     )
 
 
+def custom_class_index(cfg: CfgNode) -> dict[str, int]:
+    """Class ids of a custom dataset: CUSTOM.CLASSES_FILE when it exists, else the sorted names of the train list."""
+    classes_file = Path(cfg.CUSTOM.ANNOTATIONS_DIR) / cfg.CUSTOM.CLASSES_FILE
+    if cfg.CUSTOM.CLASSES_FILE and classes_file.is_file():
+        return read_class_list(classes_file)
+    train_list = Path(cfg.CUSTOM.ANNOTATIONS_DIR) / cfg.CUSTOM.TRAIN_LIST
+    return class_index_from_records(read_annotations(train_list, "custom"))
+
+
 def load_split_records(cfg: CfgNode, split: str) -> list[ClipRecord]:
-    """Clip records of a split (EPIC-KITCHENS train+val concatenates both lists)."""
+    """Clip records of a split (EPIC-KITCHENS train+val concatenates both lists). Every label id must fit the model's
+    heads."""
     files = derived.dataset_files(cfg, split)
+    class_index = custom_class_index(cfg) if files.dataset == "custom" else None
     records: list[ClipRecord] = []
     for path in files.annotation_files:
-        records.extend(read_annotations(path, files.dataset, allow_unsafe_pickle=cfg.DATA.ALLOW_UNSAFE_PICKLE))
+        records.extend(read_annotations(path, files.dataset, class_index=class_index,
+                                        allow_unsafe_pickle=cfg.DATA.ALLOW_UNSAFE_PICKLE))
+    counts = derived.class_counts(cfg)
+    for record in records:
+        limits = counts if cfg.MODEL.MULTITASK else counts * len(record.labels)
+        if any(not 0 <= label < limit for label, limit in zip(record.labels, limits)):
+            raise ValueError(
+                f"{files.annotation_files[0].parent}: clip {record.uid} has label(s) {record.labels} outside the "
+                f"model's classes {counts}; set MODEL.NUM_CLASSES (or MULTITASK_CLASSES) to the dataset's class count"
+            )
     return records
 
 

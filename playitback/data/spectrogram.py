@@ -32,8 +32,9 @@ LOG_OFFSET = 1e-6
 # Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
 # small matmuls; 16 was the fastest of 8/16/32 for 128 bands at n_fft 2048.
 _BANDS_PER_BLOCK = 16
-# Frames per chunk on the CPU (about 8 MiB of spectrum in flight); GPUs take the whole batch at once.
-_CPU_CHUNK_FRAMES = 2048
+# Frames per CPU thread in one chunk: the spectrum of 256 frames (2 MiB) stays near the core's L2 cache, which made the
+# element-wise steps 1.5x faster than whole-clip chunks. GPUs take the whole batch at once.
+_CPU_FRAMES_PER_THREAD = 256
 
 
 def playback_hops(num_samples: int, num_playbacks: int, frames0: int = 400) -> list[int]:
@@ -197,22 +198,21 @@ class PlaybackPyramid(nn.Module):
         right = max(0, (num_frames - 1) * hop + self.win_length - self.window_offset - num_samples)
         padded = nn.functional.pad(waveform, (self.window_offset, right))
         windows = padded.unfold(-1, self.win_length, hop)[:, :num_frames]  # [B, T, W] view
-        chunk_items = batch
-        if waveform.device.type == "cpu":
-            chunk_items = max(1, _CPU_CHUNK_FRAMES // num_frames)
-        chunks = [self._log_mel_frames(item_windows, constants)
-                  for item_windows in windows.split(chunk_items)]
-        return torch.cat(chunks).view(batch, num_frames, self.n_mels)
+        framed = (windows * constants.window).flatten(0, 1)  # [B*T, W]
+        chunk = framed.shape[0]
+        if framed.device.type == "cpu":
+            chunk = _CPU_FRAMES_PER_THREAD * torch.get_num_threads()
+        log_mel = torch.cat([self._log_mel_frames(rows, constants) for rows in framed.split(chunk)])
+        return log_mel.view(batch, num_frames, self.n_mels)
 
-    def _log_mel_frames(self, windows: Tensor, constants: _Constants) -> Tensor:
-        """windows [b, T, W] (raw samples) -> log-mel [b * T, F]."""
-        framed = (windows * constants.window).flatten(0, 1)  # [b*T, W], contiguous
-        spectrum = torch.fft.rfft(framed, n=self.n_fft)[:, self.bin_start:self.bin_stop]
-        parts = torch.view_as_real(spectrum).square()
-        magnitude = (parts[..., 0] + parts[..., 1]).sqrt_()  # [b*T, bins]
+    def _log_mel_frames(self, framed: Tensor, constants: _Constants) -> Tensor:
+        """Windowed frames [N, W] -> log-mel [N, F]."""
+        spectrum = torch.fft.rfft(framed, n=self.n_fft)  # [N, n_fft // 2 + 1] complex
+        power = torch.view_as_real(spectrum).square_()[:, self.bin_start:self.bin_stop]  # [N, bins, 2]
+        magnitude = (power[..., 0] + power[..., 1]).sqrt_()  # [N, bins]
         mel = torch.cat(
-            [magnitude[:, b.bin_start - self.bin_start:b.bin_stop - self.bin_start] @ w
-             for b, w in zip(self.mel_blocks, constants.mel_weights)],
+            [magnitude[:, block.bin_start - self.bin_start:block.bin_stop - self.bin_start] @ weights
+             for block, weights in zip(self.mel_blocks, constants.mel_weights)],
             dim=1,
         )
         return mel.add_(LOG_OFFSET).log_()

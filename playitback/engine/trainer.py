@@ -14,6 +14,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from playitback.config import derived, dump_config
 from playitback.data.augment import MixUp
@@ -305,6 +307,8 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
     data_time = 0.0
     data_tic = time.perf_counter()
     skipped_steps = 0
+    progress = tqdm(total=iters_per_epoch, initial=state.iteration, desc=f"epoch {state.epoch + 1}",
+                    disable=not (sys.stdout.isatty() and du.is_main_process()), leave=False, dynamic_ncols=True)
     for batch in loader:
         data_time += time.perf_counter() - data_tic
         lr = lr_at(state.epoch + state.iteration / iters_per_epoch, policy=solver.LR_POLICY,
@@ -341,6 +345,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
             epoch_avg.add(losses)
         state.iteration += 1
         state.global_step += 1
+        progress.update()
         if state.iteration % cfg.LOG_PERIOD == 0 or state.iteration == iters_per_epoch:
             elapsed = time.perf_counter() - tic
             stats = {"split": "train_iter", "epoch": f"{state.epoch + 1}/{solver.MAX_EPOCH}",
@@ -352,6 +357,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
         if stop.agreed(task.device):
             break
         data_tic = time.perf_counter()
+    progress.close()
     result = epoch_avg.read()
     result["skipped_steps"] = float(skipped_steps)
     return result

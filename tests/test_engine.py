@@ -1,0 +1,123 @@
+"""End-to-end training, evaluation, exact resumption and distributed equivalence on a tiny generated dataset."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_utils import make_tiny_dataset, metrics, run_net, run_opts, start_run_net
+
+PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
+ENCODER = "configs/Demo/MViT_pretrain.yaml"
+METRIC_KEYS = ("top1_acc", "top5_acc", "mAP", "AUC", "loss")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_demo"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-epoch PlayItBack run with SpecAugment and 2 DataLoader workers, never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_net(PLAYITBACK, run_opts(data, out, epochs=3, workers=2))
+    return out
+
+
+def _final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    path = output_dir / "checkpoints" / "checkpoint_epoch_00003.pyth"
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    val_a, val_b = metrics(a, "val_epoch")[-1], metrics(b, "val_epoch")[-1]
+    assert {k: val_a[k] for k in METRIC_KEYS} == {k: val_b[k] for k in METRIC_KEYS}
+    weights_a, weights_b = _final_weights(a), _final_weights(b)
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+def test_train_writes_logs_checkpoints_and_learns(uninterrupted: Path) -> None:
+    checkpoints = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint_best.pyth", "checkpoint_epoch_00001.pyth", "checkpoint_epoch_00002.pyth",
+                           "checkpoint_epoch_00003.pyth"]
+    state = torch.load(uninterrupted / "checkpoints" / "checkpoint_epoch_00003.pyth", weights_only=True)
+    for key in ("epoch", "model_state", "optimizer_state", "cfg", "scaler_state", "rng_state", "iteration_in_epoch"):
+        assert key in state
+    train_epochs = metrics(uninterrupted, "train_epoch")
+    assert [r["epoch"] for r in train_epochs] == [1, 2, 3]
+    assert all(r["loss"] > 0 for r in train_epochs)
+    assert len(metrics(uninterrupted, "val_epoch")) == 3
+    log = (uninterrupted / "stdout.log").read_text()
+    assert "json_stats: " in log and '"split": "train_iter"' in log
+
+
+def test_fresh_process_test_equals_end_of_training_eval(uninterrupted: Path, data: Path) -> None:
+    run_net(PLAYITBACK, run_opts(data, uninterrupted, epochs=3)
+            + ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.NUM_ENSEMBLE_VIEWS", "1",
+               "TEST.CHECKPOINT_SELECT", "last", "TEST.SAVE_SEGMENTS", "True"])
+    final_val = metrics(uninterrupted, "val_epoch")[-1]
+    test = metrics(uninterrupted, "test_final")[-1]
+    for key in METRIC_KEYS:
+        assert test[key] == pytest.approx(final_val[key], abs=1e-6), key
+    scores = uninterrupted / "scores"
+    assert (scores / "test.npz").is_file()
+    segments = [line for line in (scores / "segments.jsonl").read_text().splitlines() if line]
+    assert len(segments) == 12 * 2  # 12 test clips x 1 view x 2 replays
+
+
+def test_kill9_mid_epoch_then_same_command_resumes_exactly(uninterrupted: Path, data: Path, tmp_path: Path) -> None:
+    opts = run_opts(data, tmp_path, epochs=3, workers=2)
+    process = start_run_net(PLAYITBACK, opts)
+    deadline = time.time() + 300
+    seen_epoch2 = False
+    for line in process.stdout:
+        if '"epoch": "2/3"' in line and '"train_iter"' in line:
+            seen_epoch2 = True
+            process.kill()  # SIGKILL in the middle of epoch 2
+            break
+        assert time.time() < deadline
+    process.wait()
+    assert seen_epoch2
+    assert not (tmp_path / "checkpoints" / "checkpoint_epoch_00003.pyth").exists()
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    run_net(PLAYITBACK, opts)
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+def test_sigterm_saves_mid_epoch_and_resumes_exactly(uninterrupted: Path, data: Path, tmp_path: Path) -> None:
+    opts = run_opts(data, tmp_path, epochs=3, workers=2)
+    process = start_run_net(PLAYITBACK, opts)
+    for line in process.stdout:
+        if '"epoch": "2/3"' in line and '"iter": "1/3"' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    output = process.stdout.read()
+    assert process.wait() == 0, output
+    state = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch_00002.pyth", weights_only=True)
+    assert 1 <= state["iteration_in_epoch"] < 3
+    run_net(PLAYITBACK, opts)
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+def test_two_gloo_processes_equal_one(data: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes on the same global batch gives the same model and metrics as 1 process."""
+    deterministic = ["SPEC_AUGMENT.ENABLE", "False", "ENCODER.DROPPATH_RATE", "0.0", "MODEL.DROPOUT_RATE", "0.0",
+                     "SOLVER.OPTIMIZING_METHOD", "sgd", "SOLVER.BASE_LR", "0.05"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    run_net(ENCODER, run_opts(data, single, epochs=2) + deterministic)
+    run_net(ENCODER, run_opts(data, double, epochs=2) + deterministic,
+            launcher=[str(Path(__import__("sys").executable).parent / "torchrun"), "--nproc_per_node", "2",
+                      "--master_port", "29517"])
+    one = torch.load(single / "checkpoints" / "checkpoint_epoch_00002.pyth", weights_only=True)["model_state"]
+    two = torch.load(double / "checkpoints" / "checkpoint_epoch_00002.pyth", weights_only=True)["model_state"]
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4, msg=key)
+    val_one, val_two = metrics(single, "val_epoch")[-1], metrics(double, "val_epoch")[-1]
+    for key in METRIC_KEYS:
+        assert val_one[key] == pytest.approx(val_two[key], abs=1e-3), key
