@@ -59,7 +59,7 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(exported: dict, batch: int) -
 
 def test_torchscript_matches_pytorch(exported: dict) -> None:
     scripted = torch.jit.load(str(exported["out"] / "model.pt"))
-    for batch in (1, 4):
+    for batch in (3,):
         inputs = export.example_inputs(exported["cfg"], batch, seed=batch)
         logits, probs = _reference(exported["model"], inputs)
         with torch.no_grad():

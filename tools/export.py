@@ -8,7 +8,10 @@ The exported graph is the eval-mode model from the S playback spectrograms to th
 ONNX has no searchsorted operator, which the replay step uses to find, for each output frame, the composite frame
 whose piece of the spliced timeline it reads. The exporter here maps ``aten::searchsorted`` to its exact equivalent
 for the small sorted rows involved: the count of row entries below (or, with right=True, at or below) each value,
-``ReduceSum(Cast(LessOrEqual(sorted[..., None, :], values[..., None])))``. The model code is left unchanged.
+``ReduceSum(Cast(LessOrEqual(sorted[..., None, :], values[..., None])))``. Two losses of the TorchScript-based
+exporter are repaired as well: ``chunk`` is split by the size read at run time (with a dynamic batch the exporter no
+longer knows it), and float64 constants and casts it introduces are made float32 (:func:`float64_to_float32`). The
+model code is left unchanged.
 
 Examples:
     python tools/export.py --cfg configs/VGG-Sound/PlayItBackX2.yaml --checkpoint x2.pyth --out exported/
@@ -74,7 +77,8 @@ def _searchsorted_symbolic(g, sorted_sequence, values, out_int32, right, side, s
     # count(sorted < v) is searchsorted(side="left"), count(sorted <= v) is side="right", for rows sorted ascending.
     from torch.onnx import symbolic_helper
 
-    is_right = bool(symbolic_helper._maybe_get_const(right, "b")) or symbolic_helper._maybe_get_const(side, "s") == "right"
+    side_name = symbolic_helper._maybe_get_const(side, "s")
+    is_right = bool(symbolic_helper._maybe_get_const(right, "b")) or side_name == "right"
     minus_one = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.long))
     minus_two = g.op("Constant", value_t=torch.tensor([-2], dtype=torch.long))
     rows = g.op("Unsqueeze", sorted_sequence, minus_two)  # [..., 1, T]

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if cfg.TRAIN.ENABLE:
-        launch_job(cfg, args.init_method, train)
+        result = launch_job(cfg, args.init_method, train)
+        if isinstance(result, dict) and result.get("stopped"):
+            return 0  # preempted: the checkpoint is saved; the same command resumes (and then tests)
     if cfg.TEST.ENABLE:
         launch_job(cfg, args.init_method, test)
     return 0
