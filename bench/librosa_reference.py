@@ -1,7 +1,7 @@
 """The straightforward librosa implementation of the log-mel recipe, used as the reference by tests and benchmarks.
 
-It follows ORIGINAL.md section 2.4 line by line, so it is slow on purpose: the package's torch front-end
-(``playitback.data.spectrogram``) is checked and timed against it.
+It follows ORIGINAL.md section 2.4 line by line (one librosa STFT per playback, numpy mel product); the package's
+torch front-end (``playitback.data.spectrogram``) is checked and timed against it. Not part of the package.
 """
 from __future__ import annotations
 

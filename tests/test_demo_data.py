@@ -14,7 +14,7 @@ import soundfile as sf
 
 from playitback.data.annotations import read_annotations
 from playitback.data.audio_io import FileAudioReader
-from playitback.data.demo import demo_class_rates, make_demo_dataset
+from playitback.data.demo import demo_classes, make_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_classes": 8, "train_per_class": 2, "test_per_class": 1, "clip_secs": 1.5, "sample_rate": 16000}
@@ -40,7 +40,7 @@ def test_same_seed_same_bytes(demo: dict, tmp_path: Path) -> None:
     other = make_demo_dataset(tmp_path / "other", seed=4, **TINY)
     other_bytes, demo_bytes = _tree_bytes(other["out_dir"]), _tree_bytes(demo["out_dir"])
     assert other_bytes.keys() == demo_bytes.keys()
-    assert other_bytes["audio/flutter 15.0 hz/train00_0000.wav"] != demo_bytes["audio/flutter 15.0 hz/train00_0000.wav"]
+    assert other_bytes["audio/200 hz pulsed 10 per s/train00_0000.wav"] != demo_bytes["audio/200 hz pulsed 10 per s/train00_0000.wav"]
 
 
 def test_annotations_and_audio_layout(demo: dict) -> None:
@@ -62,21 +62,24 @@ def test_annotations_and_audio_layout(demo: dict) -> None:
 def test_events_lie_inside_clips_and_carry_the_class_rate(demo: dict) -> None:
     events = _events(demo)
     assert len(events) == demo["num_train"] + demo["num_test"]
-    rates = demo_class_rates(8)
-    np.testing.assert_allclose(demo["class_rates_hz"], 15.0 * 2.0 ** (3 * np.arange(8) / 7))
+    pitches, rates = demo_classes(8)
+    np.testing.assert_allclose(demo["class_rates_hz"], [10, 26] * 4)
+    np.testing.assert_allclose(demo["class_pitches_hz"], np.repeat(200.0 * 2.0 ** np.arange(0, 5, 4 / 3), 2))
     reader = FileAudioReader(demo["audio_dir"], "wav", 16000)
     for record in read_annotations(demo["train_csv"], "vggsound"):
         start, stop = events[record.uid]
         assert 0.0 < start < stop < TINY["clip_secs"]
-        assert 0.25 <= stop - start <= 0.5 + 1e-9
+        assert 0.4 <= stop - start <= 0.7 + 1e-9
         # The event is the loudest part of the clip and its power envelope repeats at the class rate (+-3 % jitter).
         audio = reader(record)
-        event = audio[round(start * 16000) : round(stop * 16000)].astype(np.float64)
-        assert np.mean(event**2) > 2 * np.mean(audio**2)
+        first, last = round(start * 16000), round(stop * 16000)
+        event = audio[first:last].astype(np.float64)
+        rest = np.concatenate([audio[:first], audio[last:]]).astype(np.float64)
+        assert np.mean(event**2) > 2 * np.mean(rest**2)
         power = event**2 - np.mean(event**2)
         spectrum = np.abs(np.fft.rfft(power, 16000 * 4))
         freqs = np.fft.rfftfreq(16000 * 4, 1 / 16000)
-        band = (freqs > 10) & (freqs < 150)
+        band = (freqs > 5) & (freqs < 40)
         peak = freqs[band][np.argmax(spectrum[band])]
         assert peak == pytest.approx(rates[record.labels[0]], rel=0.08), record.uid
 
@@ -97,6 +100,6 @@ def test_cli(tmp_path: Path) -> None:
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "16 train + 8 test clips" in result.stdout and "7: flutter 120.0 hz" in result.stdout
+    assert "16 train + 8 test clips" in result.stdout and "7: 3200 hz pulsed 26 per s" in result.stdout
     reference = make_demo_dataset(tmp_path / "api", seed=3, **TINY)
     assert _tree_bytes(tmp_path / "cli") == _tree_bytes(reference["out_dir"])

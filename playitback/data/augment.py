@@ -94,6 +94,11 @@ def time_warp_positions(num_frames: int, centre: Tensor, shift: Tensor) -> Tenso
     return torch.where(frames < boundary, left, right)
 
 
+def _frames_at(spec: Tensor, index: Tensor) -> Tensor:
+    """spec [B, T, F], frame indices [B, T'] -> the indexed frames [B, T', F]."""
+    return spec.gather(1, index[..., None].expand(-1, -1, spec.shape[2]))
+
+
 def _interval_mask(length: int, starts: Tensor, widths: Tensor) -> Tensor:
     """[B, length] bool: True where some interval [start, start + width) of the sample covers the index."""
     index = torch.arange(length, device=starts.device)[None, None]
@@ -120,8 +125,7 @@ def apply_spec_augment(spec: Tensor, params: SpecAugmentParams) -> Tensor:
     weight = (positions - lower).to(spec.dtype)[..., None]  # [B, T, 1]
     lower_index = lower.long()
     upper_index = (lower_index + 1).clamp(max=num_frames - 1)
-    gather = lambda index: spec.gather(1, index[..., None].expand(-1, -1, num_bins))  # noqa: E731
-    warped = gather(lower_index) * (1 - weight) + gather(upper_index) * weight
+    warped = _frames_at(spec, lower_index) * (1 - weight) + _frames_at(spec, upper_index) * weight
     masked = (_interval_mask(num_bins, params.freq_starts.to(device), params.freq_widths.to(device))[:, None, :]
               | _interval_mask(num_frames, params.time_starts.to(device), params.time_widths.to(device))[:, :, None])
     mean = warped.mean(dim=(1, 2), keepdim=True)
@@ -264,8 +268,8 @@ class MixUp:
         for i, p in enumerate(playbacks):
             out = p.clone()
             scale = i + 1
-            out[:, t_start * scale:t_stop * scale, f_start:f_stop] = (
-                p.flip(0)[:, t_start * scale:t_stop * scale, f_start:f_stop])
+            box = (slice(None), slice(t_start * scale, t_stop * scale), slice(f_start, f_stop))
+            out[box] = p[box].flip(0)
             mixed.append(out)
         return mixed, mixed_targets
 

@@ -1,12 +1,15 @@
 """A small synthetic dataset in the VGG-Sound layout, for the demo and for smoke tests.
 
 Each clip is a few seconds of background (pink noise, steady harmonic tones and noise bursts, drawn the same way for
-every class) with one short event (0.25-0.5 s) at a random time. Only the event tells the class: a harmonic tone whose
-amplitude is pulsed at a class-specific rate between 15 and 120 Hz, with a small class-specific spectral tilt. The
-pulse rates are finer than the 62.5 ms hop of playback 0 (they alias together at 16 frames/s) but much better
-resolved at the ~21 ms hop of playback 2, so a model gains from finding the event and replaying it at a higher time
-resolution. A logistic regression on log-mel statistics of the event region scores 38 % at the 62.5 ms hop and 62 % at
-the 21 ms hop (8 classes, chance 12.5 %; default sizes, seed 0).
+every class) with one short event (0.4-0.7 s) at a random time. Only the event tells the class, by two cues:
+
+* its pitch (one of num_classes / 2 octave-spaced groups from 200 Hz), visible at any time resolution;
+* its pulse rate, 10 or 26 pulses per second. Sampled at the 16 frames/s of playback 0 (4 s crops, T0 = 64) both
+  rates alias to the same 6 Hz apparent rate, so the two classes of a pitch group look alike there; at playback 1
+  (32 frames/s) and playback 2 (48 frames/s) they differ.
+
+So a model that only sees playback 0 can at best tell the pitch group, and finding the event and replaying it at a
+finer hop is what separates the two rates of a group.
 
 Layout written under ``out_dir``::
 
@@ -26,18 +29,23 @@ import soundfile as sf
 from playitback.data.annotations import write_records_csv
 from playitback.data.records import ClipRecord
 
-__all__ = ["demo_class_rates", "make_demo_dataset"]
+__all__ = ["demo_classes", "make_demo_dataset"]
 
-_MIN_RATE_HZ = 15.0
-_MAX_RATE_HZ = 120.0
-_EVENT_SECS = (0.25, 0.5)
+_PULSE_RATES_HZ = (10.0, 26.0)
+_LOWEST_PITCH_HZ = 200.0
+_EVENT_SECS = (0.4, 0.7)
 _MAX_CLASSES = 32
 _SPLITS = ("train", "test")
 
 
-def demo_class_rates(num_classes: int) -> np.ndarray:
-    """Pulse rate (Hz) of each demo class: geometric steps from 15 to 120 Hz, shape ``[num_classes]``."""
-    return _MIN_RATE_HZ * (_MAX_RATE_HZ / _MIN_RATE_HZ) ** (np.arange(num_classes) / max(num_classes - 1, 1))
+def demo_classes(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch in Hz, pulse rate in Hz) of each demo class, two arrays ``[num_classes]``: class k is pitch group k // 2
+    (octave-spaced groups spanning 200 Hz to 3.2 kHz) pulsed at rate k % 2 (10 or 26 per second)."""
+    groups = (num_classes + 1) // 2
+    group = np.arange(num_classes) // 2
+    pitches = _LOWEST_PITCH_HZ * 16.0 ** (group / max(groups - 1, 1))
+    rates = np.array(_PULSE_RATES_HZ)[np.arange(num_classes) % 2]
+    return pitches, rates
 
 
 def _harmonic_tone(rng: np.random.Generator, t: np.ndarray, f0: float, tilt: float, sample_rate: int) -> np.ndarray:
@@ -71,7 +79,7 @@ def _ramp(num: int, sample_rate: int) -> np.ndarray:
 
 
 def _render_clip(
-    rng: np.random.Generator, rate_hz: float, tilt: float, clip_secs: float, sample_rate: int
+    rng: np.random.Generator, pitch_hz: float, rate_hz: float, clip_secs: float, sample_rate: int
 ) -> tuple[np.ndarray, float, float]:
     """One clip ``[round(clip_secs * sample_rate)]`` in [-1, 1], with its event's start and stop in seconds."""
     num = round(clip_secs * sample_rate)
@@ -94,7 +102,7 @@ def _render_clip(
     # Sharp pulses (cosine envelope to the 4th power) make the rate visible in frame energies at a fine hop.
     pulse_rate = rate_hz * rng.uniform(0.97, 1.03)
     envelope = (0.5 - 0.5 * np.cos(2 * np.pi * pulse_rate * t + rng.uniform(0, 2 * np.pi))) ** 4
-    tone = _harmonic_tone(rng, t, rng.uniform(200, 400), tilt, sample_rate)
+    tone = _harmonic_tone(rng, t, pitch_hz * rng.uniform(0.95, 1.05), 1.0, sample_rate)
     event = tone * envelope / np.sqrt(np.mean(envelope**2)) * _ramp(length, sample_rate)
     audio[first : first + length] += rng.uniform(0.05, 0.1) * event
     peak = np.abs(audio).max()
@@ -126,7 +134,7 @@ def make_demo_dataset(
 
     Returns:
         Summary: ``out_dir``, ``audio_dir``, ``train_csv``, ``test_csv``, ``classes_txt``, ``events_csv`` (paths),
-        ``class_names``, ``class_rates_hz``, ``num_train``, ``num_test``, ``sample_rate``, ``clip_secs``.
+        ``class_names``, ``class_rates_hz``, ``class_pitches_hz``, ``num_train``, ``num_test``, ``sample_rate``, ``clip_secs``.
 
     Raises:
         ValueError: An argument is out of range.
@@ -140,9 +148,8 @@ def make_demo_dataset(
     if sample_rate < 8000:
         raise ValueError(f"sample_rate={sample_rate}: use at least 8000 Hz so the harmonic events fit below Nyquist")
     out_dir = Path(out_dir)
-    rates = demo_class_rates(num_classes)
-    names = [f"flutter {rate:.1f} hz" for rate in rates]
-    tilts = np.linspace(0.9, 1.3, num_classes)
+    pitches, rates = demo_classes(num_classes)
+    names = [f"{pitch:.0f} hz pulsed {rate:.0f} per s" for pitch, rate in zip(pitches, rates)]
     annotations = out_dir / "annotations"
     annotations.mkdir(parents=True, exist_ok=True)
     events: list[tuple[str, float, float]] = []
@@ -154,7 +161,7 @@ def make_demo_dataset(
             class_dir.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 rng = np.random.default_rng([seed, split_id, class_id, i])
-                audio, start, stop = _render_clip(rng, rates[class_id], tilts[class_id], clip_secs, sample_rate)
+                audio, start, stop = _render_clip(rng, pitches[class_id], rates[class_id], clip_secs, sample_rate)
                 uid = f"{split}{class_id:02d}_{i:04d}"
                 sf.write(class_dir / f"{uid}.wav", audio, sample_rate, subtype="PCM_16")
                 records.append(ClipRecord(uid=uid, source=f"{name}/{uid}", labels=(class_id,), label_names=(name,)))
@@ -175,6 +182,7 @@ def make_demo_dataset(
         "events_csv": annotations / "events.csv",
         "class_names": names,
         "class_rates_hz": [float(rate) for rate in rates],
+        "class_pitches_hz": [float(pitch) for pitch in pitches],
         "num_train": counts["train"],
         "num_test": counts["test"],
         "sample_rate": sample_rate,
