@@ -287,6 +287,9 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         errors.append("SOLVER.STEPS and SOLVER.LRS must have the same length")
     if cfg.SOLVER.MAX_EPOCH < 1:
         errors.append("SOLVER.MAX_EPOCH must be >= 1")
+    elif cfg.SOLVER.WARMUP_EPOCHS >= cfg.SOLVER.MAX_EPOCH:
+        errors.append(f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) must be smaller than SOLVER.MAX_EPOCH "
+                      f"({cfg.SOLVER.MAX_EPOCH})")
     if not 0 <= cfg.DATA_LOADER.MAX_BAD_FRACTION <= 1:
         errors.append("DATA_LOADER.MAX_BAD_FRACTION must be in [0, 1]")
     if cfg.DATA_LOADER.NUM_WORKERS < 0:

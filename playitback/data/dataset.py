@@ -157,8 +157,10 @@ class AudioClipDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of items; "skipped" becomes one flat list of bad-file messages."""
-    skipped = [msg for item in items for msg in item.pop("skipped")]
+    """Stack a list of items; "skipped" becomes one flat list of bad-file messages and "replaced" counts the items
+    that stand in for a bad file."""
+    per_item = [item.pop("skipped") for item in items]
     batch = torch.utils.data.default_collate(items)
-    batch["skipped"] = skipped
+    batch["skipped"] = [msg for messages in per_item for msg in messages]
+    batch["replaced"] = sum(1 for messages in per_item if messages)
     return batch

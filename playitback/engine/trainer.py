@@ -298,7 +298,8 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
                     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, state: TrainState,
                     iters_per_epoch: int, writer: MetricWriter, stop: StopRequest,
                     bad_files: list[str]) -> dict[str, float]:
-    """Train from `state.iteration` to the end of `state.epoch` (or until a stop is requested). Updates `state`."""
+    """Train from `state.iteration` to the end of `state.epoch` (or until a stop is requested). Updates `state` and
+    appends the messages of unreadable files to `bad_files`; the returned stats count the replaced items."""
     model = task.model
     model.train()
     solver = cfg.SOLVER
@@ -307,6 +308,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
     data_time = 0.0
     data_tic = time.perf_counter()
     skipped_steps = 0
+    replaced_items = 0
     progress = tqdm(total=iters_per_epoch, initial=state.iteration, desc=f"epoch {state.epoch + 1}",
                     disable=not (sys.stdout.isatty() and du.is_main_process()), leave=False, dynamic_ncols=True)
     for batch in loader:
@@ -317,6 +319,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
                    cosine_after_warmup=solver.COSINE_AFTER_WARMUP, steps=solver.STEPS, lrs=solver.LRS)
         set_lr(optimizer, lr)
         bad_files.extend(batch["skipped"])
+        replaced_items += batch["replaced"]
         _, losses, _ = task.step(batch, train=True)
         loss = losses["loss"]
         if not _finite_everywhere(loss):
@@ -360,6 +363,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
     progress.close()
     result = epoch_avg.read()
     result["skipped_steps"] = float(skipped_steps)
+    result["replaced_items"] = float(replaced_items)
     return result
 
 
@@ -374,19 +378,20 @@ def _eta(seconds_per_iter: float, state: TrainState, iters_per_epoch: int, max_e
     return time.strftime("%H:%M:%S", time.gmtime(max(remaining, 0) * seconds_per_iter))
 
 
-def _check_bad_files(cfg: CfgNode, bad_files: list[str], num_items: int) -> None:
-    """Log the bad files of an epoch to OUTPUT_DIR/bad_files.txt and stop when there are too many."""
+def _check_bad_files(cfg: CfgNode, bad_files: list[str], replaced: int, num_items: int) -> None:
+    """Log the bad files of an epoch to OUTPUT_DIR/bad_files.txt and stop when too many items had to be replaced."""
     gathered = [msg for part in du.all_gather_objects(bad_files) for msg in part]
     if not gathered:
         return
+    replaced = int(du.all_reduce_sum(torch.tensor(float(replaced))).item())
     if du.is_main_process():
         with open(Path(cfg.OUTPUT_DIR) / "bad_files.txt", "a") as handle:
             handle.writelines(msg + "\n" for msg in gathered)
-    logger.warning("%d unreadable item(s) were replaced this epoch (see %s); first: %s", len(gathered),
-                   Path(cfg.OUTPUT_DIR) / "bad_files.txt", gathered[0])
-    if len(gathered) > cfg.DATA_LOADER.MAX_BAD_FRACTION * num_items:
+    logger.warning("%d unreadable item(s) were replaced this epoch (%d bad reads, see %s); first: %s", replaced,
+                   len(gathered), Path(cfg.OUTPUT_DIR) / "bad_files.txt", gathered[0])
+    if replaced > cfg.DATA_LOADER.MAX_BAD_FRACTION * num_items:
         raise TooManyBadFilesError(
-            f"{len(gathered)} of {num_items} items of this epoch could not be read, more than "
+            f"{replaced} of {num_items} items of this epoch could not be read, more than "
             f"DATA_LOADER.MAX_BAD_FRACTION ({cfg.DATA_LOADER.MAX_BAD_FRACTION}); see {cfg.OUTPUT_DIR}/bad_files.txt"
         )
 
@@ -457,7 +462,8 @@ def train(cfg: CfgNode) -> dict[str, Any]:
             epoch_start = time.perf_counter()
             epoch_stats = train_one_epoch(cfg, task, _limit(train_loader, iters_per_epoch - state.iteration),
                                           optimizer, scaler, state, iters_per_epoch, writer, stop, bad_files)
-            _check_bad_files(cfg, bad_files, iters_per_epoch * cfg.TRAIN.BATCH_SIZE)
+            _check_bad_files(cfg, bad_files, int(epoch_stats["replaced_items"]),
+                             iters_per_epoch * cfg.TRAIN.BATCH_SIZE)
             if state.iteration < iters_per_epoch:  # stopped by a signal
                 save_training_checkpoint(cfg, model, optimizer, scaler, task, state)
                 logger.info("stopped by %s; resume with the same command", stop.signal_name or "a signal")
