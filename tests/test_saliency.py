@@ -248,3 +248,45 @@ def test_saliency_compiles_fullgraph() -> None:
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_slots, want_slots, atol=1e-6)
     mask = torch.compile(saliency_mask, fullgraph=True, backend="aot_eager", dynamic=False)(want)
     assert torch.equal(mask, saliency_mask(want))
+
+
+def test_attention_readout_equals_a_per_channel_reference() -> None:
+    """The attention readout is the attention-weighted mean of the normalised channel profiles, positive slot minus
+    negative slot, computed here channel by channel and frame by frame."""
+    torch.manual_seed(0)
+    module = TemporalSaliency(token_dim=6, frames0=8, resolution=8).eval()
+    tokens = torch.randn(2, 4, 3, 6)
+    saliency, _ = module(tokens)
+    sequence = module.position_embed(temporal_profile(tokens, 8))  # [B, D, T0]
+    _, attn, _ = module.slot_attention(sequence, return_attention=True)
+    for b in range(2):
+        raw = []
+        for t in range(8):
+            value = 0.0
+            for d in range(6):
+                profile = sequence[b, d]
+                mean = profile.mean()
+                std = ((profile - mean) ** 2).mean().add(1e-5).sqrt()
+                normalised = (profile[t] - mean) / std * module.slot_attention.norm_input.weight[t] + \
+                    module.slot_attention.norm_input.bias[t]
+                value += float((attn[b, 0, d] - attn[b, 1, d]) * normalised)
+            raw.append(value)
+        raw = torch.tensor(raw)
+        expected = (raw - raw.min()) / (raw.max() - raw.min())
+        torch.testing.assert_close(saliency[b], expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("readout", ["attention", "slots"])
+def test_both_readouts_train_every_parameter(readout: str) -> None:
+    torch.manual_seed(1)
+    module = TemporalSaliency(token_dim=12, frames0=16, resolution=16, readout=readout).train()
+    tokens = torch.randn(3, 4, 2, 12)
+    head = torch.nn.Linear(12, 5)
+    saliency, _ = module(tokens)
+    positive, negative = saliency_contrast(tokens, saliency)
+    loss = torch.nn.functional.cross_entropy(head(positive), torch.tensor([0, 1, 2])) + head(negative).mean()
+    loss.backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="readout must be one of"):
+        TemporalSaliency(token_dim=12, frames0=16, resolution=16, readout="peaks")

@@ -38,14 +38,15 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "demo_data")
     parser.add_argument("--runs", type=Path, default=REPO / "demo_runs")
     parser.add_argument("--figs", type=Path, default=REPO / "figs")
-    parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="stage-2 epochs (PlayItBack and the baseline)")
     parser.add_argument("--num-figures", type=int, default=3)
     args = parser.parse_args()
     started = time.perf_counter()
     data, runs = args.data.resolve(), args.runs.resolve()
     if not (data / "annotations" / "train.csv").is_file():
-        subprocess.run([sys.executable, str(REPO / "tools" / "make_demo_data.py"), "--out", str(data)], check=True)
+        subprocess.run([sys.executable, str(REPO / "tools" / "make_demo_data.py"), "--out", str(data),
+                        "--train-per-class", "96"], check=True)
     common = ["VGGSOUND.AUDIO_DATA_DIR", str(data / "audio"), "VGGSOUND.ANNOTATIONS_DIR", str(data / "annotations")]
     encoder_dir, playitback_dir, baseline_dir = runs / "encoder", runs / "playitback", runs / "encoder_only"
     encoder_ckpt = encoder_dir / "checkpoints" / "checkpoint_best.pyth"

@@ -121,6 +121,10 @@ _C.SALIENCY.NUM_SLOTS = 2
 _C.SALIENCY.ITERS = 3
 # Length of each slot's temporal vector; 0 means AUDIO_DATA.FRAMES0.
 _C.SALIENCY.RESOLUTION = 0
+# How the slots become a saliency curve: attention (the mean temporal profile of the channels each slot attends to,
+# positive minus negative; time is never mixed) or slots (slot 0 minus slot 1, the original's readout). See
+# docs/method.md.
+_C.SALIENCY.READOUT = "attention"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Decoder (TemPr): one cross-attention per playback.

@@ -225,6 +225,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))
     _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("best", "last"))
     _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
+    _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
 
     if cfg.MODEL.PLAYBACK < 0:
         errors.append(f"MODEL.PLAYBACK is {cfg.MODEL.PLAYBACK}; it counts replays and must be >= 0")

@@ -83,6 +83,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
             resolution=derived.saliency_resolution(cfg),
             num_slots=cfg.SALIENCY.NUM_SLOTS,
             iters=cfg.SALIENCY.ITERS,
+            readout=cfg.SALIENCY.READOUT,
         )
         for _ in range(derived.num_playbacks(cfg))
     ]

@@ -2,8 +2,10 @@
 
 One `TemporalSaliency` per playback reads the encoder tokens on their true (T'', F'') grid, averages over frequency to
 get a temporal profile, and lets two slots compete for the D feature channels, each channel seen as a temporal vector.
-Slot 0 is the "positive" slot and slot 1 the "negative" one; their difference over time, min-max normalised per
-sample, is a soft saliency curve s in [0, 1] over the T0 frames of playback 0.
+Slot 0 is the "positive" slot and slot 1 the "negative" one. The readout turns them into a curve over time: by default
+the mean (normalised) profile of the channels the positive slot attends to minus that of the negative slot
+("attention"), or the original's slot 0 minus slot 1 ("slots"); min-max normalised per sample it is a soft saliency
+curve s in [0, 1] over the T0 frames of playback 0.
 
 Why this is trainable (the original's slots never received a gradient, ORIGINAL.md B1): the hard mask that drives the
 replay (`saliency_mask`) is not differentiable, so the learning signal goes through the *soft* curve instead.
@@ -41,6 +43,7 @@ __all__ = [
     "temporal_profile",
 ]
 
+READOUTS = ("attention", "slots")
 # Seed of the fixed per-slot anchors: a constant so that eval outputs are reproducible across runs and machines.
 _ANCHOR_SEED = 0
 
@@ -87,7 +90,8 @@ class SlotAttention(nn.Module):
         self.norm_slots = nn.LayerNorm(dim)
         self.norm_pre_ff = nn.LayerNorm(dim)
 
-    def forward(self, inputs: Tensor, noise: Tensor | None = None) -> Tensor:
+    def forward(self, inputs: Tensor, noise: Tensor | None = None, return_attention: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Group a set of inputs into slots.
 
         Args:
@@ -95,9 +99,11 @@ class SlotAttention(nn.Module):
             noise: optional standard-normal offsets [B, K, W] added to the slot anchors (reparameterised, so
                 gradients reach mu and sigma). Default: a fresh N(0, 1) draw in training and zeros in eval mode, i.e.
                 eval starts every slot at its mean and is deterministic.
+            return_attention: also return the last iteration's attention and the normalised inputs.
 
         Returns:
-            slots, [B, K, W].
+            slots [B, K, W]; with return_attention also the attention [B, K, N] (a weighted mean over the inputs:
+            each slot's row sums to 1) and the normalised inputs [B, N, W].
         """
         if inputs.dim() != 3 or inputs.shape[-1] != self.dim:
             raise ValueError(f"SlotAttention: inputs must be [B, N, {self.dim}], got {tuple(inputs.shape)}")
@@ -126,7 +132,7 @@ class SlotAttention(nn.Module):
             updates = torch.einsum("bkn,bnw->bkw", attn, values)  # [B, K, W]
             slots = self.gru(updates.reshape(-1, self.dim), previous.reshape(-1, self.dim)).reshape_as(previous)
             slots = slots + self.fc2(F.relu(self.fc1(self.norm_pre_ff(slots))))
-        return slots
+        return (slots, attn, inputs) if return_attention else slots
 
 
 class SoftPositionEmbed(nn.Module):
@@ -201,6 +207,11 @@ class TemporalSaliency(nn.Module):
         num_slots: number of slots; slot 0 is positive and slot 1 negative, so at least 2.
         iters: slot-attention iterations.
         eps: slot-attention eps.
+        readout: how the two slots become a curve over time. "slots": slot 0 minus slot 1 (the original: each slot
+            is itself a temporal vector, but one that the value projection, the GRU and the MLP mix across all time
+            positions, so locality must be learned from scratch). "attention": the mean normalised temporal profile
+            of the channels the positive slot attends to, minus that of the negative slot; the slots decide which
+            channels matter, and time is never mixed, so a curve peaks where its channels fire.
     """
 
     def __init__(
@@ -211,8 +222,12 @@ class TemporalSaliency(nn.Module):
         num_slots: int = 2,
         iters: int = 3,
         eps: float = 1e-8,
+        readout: str = "attention",
     ):
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"TemporalSaliency: readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = readout
         if num_slots < 2:
             raise ValueError(
                 f"TemporalSaliency: num_slots must be >= 2 (a positive and a negative slot), got {num_slots}"
@@ -255,8 +270,12 @@ class TemporalSaliency(nn.Module):
         channels = sequence
         if self.resolution != self.frames0:
             channels = F.interpolate(sequence, size=self.resolution, mode="nearest")  # [B, D, W]
-        slots = self.slot_attention(channels)  # [B, K, W]
-        raw = (slots[:, 0] - slots[:, 1]).unsqueeze(1)  # [B, 1, W]
+        slots, attn, normalised = self.slot_attention(channels, return_attention=True)  # [B, K, W], [B, K, D]
+        if self.readout == "slots":
+            raw = slots[:, 0] - slots[:, 1]  # [B, W]
+        else:
+            raw = torch.einsum("bn,bnw->bw", attn[:, 0] - attn[:, 1], normalised)  # [B, W]
+        raw = raw.unsqueeze(1)
         raw = F.interpolate(raw, size=self.frames0, mode="linear", align_corners=False).squeeze(1)  # [B, T0]
         return _normalise_per_sample(raw), slots
 

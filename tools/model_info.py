@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Parameters and FLOPs of the model of any config, per top-level module and per stage.
+
+The input is built like the dataset builds it: S = MODEL.PLAYBACK + 1 playbacks, playback i shaped
+[batch, T0 * (i + 1), F] (T0 = AUDIO_DATA.FRAMES0, F = AUDIO_DATA.NUM_FREQUENCIES). FLOPs come from fvcore's
+FlopCountAnalysis on the eval-mode model, with fvcore's convention that **one multiply-add counts as one flop** (so
+the figures are MACs, as in the MViTv2 and PlayItBack papers). fvcore has no rule for
+``aten::scaled_dot_product_attention``, which every attention here uses, so one is added (the two matrix products
+``Q K^T`` and ``A V``). Operators without a rule (element-wise ops, softmax, pooling, ...) are listed with their call
+counts, not counted.
+
+Stages: "encoder_pass" is one pass of the encoder's features (patch embedding, blocks, final norm) on
+[batch, 1, T0, F], and "encoder_passes" the S passes PlayItBack runs (the running composite always has T0 frames);
+"encoder_head" all calls of the encoder's classifier head (PlayItBack: on the saliency-pooled positive and negative
+tokens of every playback); "saliency_i" saliency module i; "decoder" the TemPr decoder; "other" the rest (the ops in
+the model's own forward: saliency pooling, replay). The stages after "encoder_pass" sum to "total".
+
+Examples:
+    python tools/model_info.py --cfg configs/VGG-Sound/PlayItBackX3.yaml
+    python tools/model_info.py --cfg configs/Demo/PlayItBackX2.yaml ENCODER.DEPTH 2 --json
+    python tools/model_info.py --cfg configs/VGG-Sound/MViTv2_B.yaml --batch 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fvcore.common.config import CfgNode
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from playitback.config import ConfigError, derived, load_config  # noqa: E402
+from playitback.models import build_model  # noqa: E402
+from playitback.models.playitback import PlayItBack  # noqa: E402
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore rule for ``aten::scaled_dot_product_attention``: multiply-adds of ``Q K^T`` and of ``A V``.
+
+    With query [..., L, E], key [..., M, E] and value [..., M, Ev] (leading dims broadcast), that is
+    ``prod(...) * L * M * (E + Ev)``. The softmax and scaling are element-wise and, as everywhere in fvcore, not
+    counted.
+    """
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    batch = math.prod(torch.broadcast_shapes(tuple(query[:-2]), tuple(key[:-2])))
+    return batch * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+@dataclass(frozen=True)
+class FlopReport:
+    """FLOPs (multiply-adds) of one module call.
+
+    Attributes:
+        total: All counted FLOPs.
+        by_module: FLOPs per submodule name ("" is the module itself, all calls of a submodule summed).
+        unsupported: Call counts of operators fvcore has no rule for (not counted in `total`).
+    """
+
+    total: int
+    by_module: dict[str, int]
+    unsupported: dict[str, int]
+
+
+def count_flops(module: nn.Module, inputs: tuple[Any, ...]) -> FlopReport:
+    """Count the FLOPs of ``module(*inputs)`` with fvcore (eval mode and no autograd are the caller's choice).
+
+    Args:
+        module: Any module whose forward fvcore can trace (tensor, list-of-tensor or dict inputs and outputs).
+        inputs: The positional arguments of the forward.
+
+    Returns:
+        The :class:`FlopReport`.
+    """
+    analysis = (FlopCountAnalysis(module, inputs)
+                .set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+                .unsupported_ops_warnings(False)
+                .uncalled_modules_warnings(False)
+                .tracer_warnings("none"))
+    return FlopReport(
+        total=int(analysis.total()),
+        by_module={name: int(value) for name, value in analysis.by_module().items()},
+        unsupported=dict(analysis.unsupported_ops()),
+    )
+
+
+def model_inputs(cfg: CfgNode, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
+    """Random playbacks shaped as the dataset makes them: S tensors [batch, T0 * (i + 1), F]."""
+    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
+    return [torch.randn(batch, frames0 * (i + 1), mels, generator=generator)
+            for i in range(derived.num_playbacks(cfg))]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Total and trainable parameter counts of the model ("total" row) and of each top-level module."""
+    def counts(module: nn.Module) -> dict[str, int]:
+        params = list(module.parameters())
+        return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+    return {"total": counts(model), **{name: counts(child) for name, child in model.named_children()}}
+
+
+class _EncoderFeatures(nn.Module):
+    """One encoder pass as PlayItBack runs it: spectrogram [B, T, F] -> tokens [B, T'' * F'', D] (no head)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, spectrogram: Tensor) -> Tensor:
+        """[B, T, F] -> [B, T'' * F'', D]."""
+        return self.encoder.forward_features(spectrogram.unsqueeze(1))[0]
+
+
+def model_info(cfg: CfgNode, batch: int = 1) -> dict[str, Any]:
+    """Parameters and FLOPs of the config's model on the CPU, eval mode, for one batch of `batch` clips.
+
+    Returns:
+        {"model", "input_shapes", "params": {module: {"total", "trainable"}}, "flops": {stage: FLOPs},
+        "flops_by_module": {top-level module: FLOPs}, "unsupported_ops": {operator: calls}}. FLOPs are
+        multiply-adds for the whole batch.
+    """
+    model = build_model(cfg).eval()
+    playbacks = model_inputs(cfg, batch, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = count_flops(model, (playbacks,))
+        encoder_pass = count_flops(_EncoderFeatures(model.encoder), (playbacks[0],))
+    top_level = [name for name, _ in model.named_children()]
+    by_module = {name: whole.by_module.get(name, 0) for name in top_level}
+    by_module["own_forward"] = whole.total - sum(by_module.values())
+    # Every pass reads a [B, T0, F] composite, so all S passes cost the same.
+    num_passes = model.num_playbacks if isinstance(model, PlayItBack) else 1
+    stages = {"encoder_passes": num_passes * encoder_pass.total, "encoder_head": whole.by_module.get("encoder.head", 0)}
+    if isinstance(model, PlayItBack):
+        stages.update({f"saliency_{i}": whole.by_module.get(f"saliency_slots.{i}", 0) for i in range(num_passes)})
+        stages["decoder"] = whole.by_module.get("decoder", 0)
+    stages["other"] = whole.total - sum(stages.values())
+    stages = {"total": whole.total, "encoder_pass": encoder_pass.total, **stages}
+    return {
+        "model": cfg.MODEL.MODEL_NAME,
+        "input_shapes": [list(p.shape) for p in playbacks],
+        "params": parameter_counts(model),
+        "flops": stages,
+        "flops_by_module": by_module,
+        "unsupported_ops": dict(sorted(whole.unsupported.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The report of :func:`model_info` as plain-text tables (parameters in millions, GFLOPs = 1e9 multiply-adds)."""
+    lines = [f"model {info['model']}, input {' '.join('x'.join(map(str, s)) for s in info['input_shapes'])}", "",
+             f"{'module':<20} {'params (M)':>12} {'trainable (M)':>14} {'GFLOPs':>10}"]
+    for name, counts in info["params"].items():
+        flops = info["flops"]["total"] if name == "total" else info["flops_by_module"].get(name, 0)
+        lines.append(f"{name:<20} {counts['total'] / 1e6:>12.3f} {counts['trainable'] / 1e6:>14.3f} "
+                     f"{flops / 1e9:>10.3f}")
+    lines += ["", f"{'stage':<20} {'GFLOPs':>10}"]
+    lines += [f"{name:<20} {value / 1e9:>10.3f}" for name, value in info["flops"].items()]
+    ops = ", ".join(f"{op.removeprefix('aten::')} x{n}" for op, n in info["unsupported_ops"].items())
+    lines += ["", f"not counted (no fvcore rule): {ops or 'none'}"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: print the tables (or the JSON with --json); exit status 2 for an unusable config."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="config file (e.g. configs/VGG-Sound/PlayItBackX3.yaml)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per batch of the counted forward")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    try:
+        cfg = load_config(args.cfg, ["NUM_GPUS", "0", *args.opts])
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"model_info: {err}", file=sys.stderr)
+        return 2
+    info = model_info(cfg, args.batch)
+    print(json.dumps(info) if args.json else format_info(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
