@@ -121,3 +121,32 @@ def test_two_gloo_processes_equal_one(data: Path, tmp_path: Path) -> None:
     val_one, val_two = metrics(single, "val_epoch")[-1], metrics(double, "val_epoch")[-1]
     for key in METRIC_KEYS:
         assert val_one[key] == pytest.approx(val_two[key], abs=1e-3), key
+
+
+def test_playitback_under_ddp_needs_no_unused_parameter_search(data: Path, tmp_path: Path) -> None:
+    """Two gloo processes train PlayItBack with DistributedDataParallel(find_unused_parameters=False): DDP would fail
+    at the second step if any trainable parameter (saliency, decoder) missed its gradient."""
+    run_net(PLAYITBACK, run_opts(data, tmp_path, epochs=1) + ["SOLVER.WARMUP_EPOCHS", "0.0"],
+            launcher=[str(Path(__import__("sys").executable).parent / "torchrun"), "--nproc_per_node", "2",
+                      "--master_port", "29519"])
+    assert metrics(tmp_path, "train_epoch")[0]["loss"] > 0
+
+
+def test_bf16_autocast_and_tensorboard(data: Path, tmp_path: Path) -> None:
+    run_net(PLAYITBACK, run_opts(data, tmp_path, epochs=1) + [
+        "SOLVER.WARMUP_EPOCHS", "0.0", "TRAIN.MIXED_PRECISION", "True", "TRAIN.AMP_DTYPE", "bfloat16",
+        "TENSORBOARD.ENABLE", "True"])
+    assert metrics(tmp_path, "train_epoch")[0]["loss"] > 0
+    assert list((tmp_path / "runs-vggsound").glob("events.out.tfevents.*"))
+
+
+def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
+    from playitback.config import load_config
+    from playitback.models import build_model
+
+    from engine_utils import REPO, TINY_MODEL
+
+    model = build_model(load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL])).train()
+    assert not model.encoder.training and all(not m.training for m in model.encoder.modules())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert model.decoder.training and all(m.training for m in model.saliency_slots.modules())

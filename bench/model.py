@@ -1,0 +1,186 @@
+"""Model throughput: forward and forward+backward milliseconds per batch of PlayItBack X1/X2/X3 and the encoder alone.
+
+    .venv/bin/python bench/model.py                               # CPU, fp32, demo and small sizes, batch 8
+    .venv/bin/python bench/model.py --device cuda --dtype bf16    # on a GPU under bf16 autocast
+    .venv/bin/python bench/model.py --full                        # the shipped MViTv2-B configs (batch 1, 2 iters)
+
+Prints one JSON line. Sizes:
+
+* ``demo``: configs/Demo (4 s crops, T0 64, a 4-block MViTv2 of width 128, TemPr latents 128).
+* ``small``: the demo recipe at a research-like resolution: 5 s crops, T0 200, 6 blocks of width 192.
+* ``full`` (--full): configs/VGG-Sound PlayItBackX1/X2/X3 and MViTv2_B (5 s, T0 400, MViTv2-B).
+
+For each size: ``encoder`` is the encoder-only model (stage 1, trained end to end) and ``X1``-``X3`` PlayItBack with
+1-3 replays on the frozen encoder (stage 2, as configured). "forward" is the eval-mode forward without autograd;
+"forward_backward" the train-mode forward, the training loss and its backward (no optimiser step). Inputs are random
+playbacks shaped as the dataset makes them. Each figure is the median of ``--iters`` timed iterations after
+``--warmup`` untimed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fvcore.common.config import CfgNode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from playitback.config import derived, load_config  # noqa: E402
+from playitback.engine.trainer import build_task  # noqa: E402
+from playitback.losses import labels_to_targets  # noqa: E402
+from playitback.models import build_model  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SIZES: dict[str, dict[str, Any]] = {
+    "demo": {"dir": "configs/Demo", "encoder": "MViT_pretrain.yaml", "playitback": "PlayItBackX2.yaml", "opts": []},
+    "small": {
+        "dir": "configs/Demo", "encoder": "MViT_pretrain.yaml", "playitback": "PlayItBackX2.yaml",
+        "opts": ["AUDIO_DATA.CLIP_SECS", "5.0", "AUDIO_DATA.FRAMES0", "200", "ENCODER.EMBED_DIM", "48",
+                 "ENCODER.DEPTH", "6", "ENCODER.DIM_MUL", "[[1, 2.0], [4, 2.0]]", "ENCODER.HEAD_MUL",
+                 "[[1, 2.0], [4, 2.0]]", "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2], [4, 2, 2]]",
+                 "DECODER.INPUT_CHANNELS", "192"],
+    },
+    "full": {"dir": "configs/VGG-Sound", "encoder": "MViTv2_B.yaml", "playitback": "PlayItBackX{k}.yaml", "opts": []},
+}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on a GPU are otherwise launch times)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
+    """Median wall time of `run` over `iters` calls after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def size_configs(size: str, models: list[str]) -> dict[str, CfgNode]:
+    """The configs of a size: "encoder" and "X<k>" as asked."""
+    spec = SIZES[size]
+    configs = {}
+    for name in models:
+        if name == "encoder":
+            path, extra = spec["encoder"], []
+        else:
+            replays = int(name.removeprefix("X"))
+            # The Demo PlayItBack config is X2; other replay counts change PLAYBACK and the decoder depth with it.
+            path = spec["playitback"].format(k=replays)
+            extra = [] if "{k}" in spec["playitback"] else ["MODEL.PLAYBACK", str(replays),
+                                                            "DECODER.DEPTH", str(replays + 1)]
+        configs[name] = load_config(str(REPO / spec["dir"] / path), ["NUM_GPUS", "0", *spec["opts"], *extra])
+    return configs
+
+
+def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torch.dtype | None, warmup: int,
+                 iters: int) -> dict[str, Any]:
+    """Forward and forward+backward timings of one config's model.
+
+    Inputs: S playbacks [batch, T0 * (i + 1), F] of seeded noise and random labels.
+    """
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    loss_fn = build_task(cfg, model, device, train=False).loss_fn
+    counts = derived.class_counts(cfg)
+    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
+    playbacks = [torch.randn(batch, frames0 * (i + 1), mels, device=device) for i in range(derived.num_playbacks(cfg))]
+    targets = labels_to_targets(torch.randint(0, counts[0], (batch,), device=device), counts, cfg.DATA.MULTI_LABEL)
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast:
+            model(playbacks)
+
+    def forward_backward() -> None:
+        with autocast:
+            outputs = model(playbacks)
+        outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+        loss_fn(outputs, targets)["loss"].backward()
+
+    model.eval()
+    forward_s = median_seconds(forward, device, warmup, iters)
+    model.train()
+    train_s = median_seconds(forward_backward, device, warmup, iters)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result = {
+        "params_M": round(params / 1e6, 3),
+        "trainable_params_M": round(trainable / 1e6, 3),
+        "input_frames": [p.shape[1] for p in playbacks],
+        "forward_ms": round(forward_s * 1e3, 2),
+        "forward_backward_ms": round(train_s * 1e3, 2),
+        "forward_samples_per_s": round(batch / forward_s, 2),
+        "forward_backward_samples_per_s": round(batch / train_s, 2),
+    }
+    if device.type == "cuda":
+        result["peak_device_memory_GB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        torch.cuda.reset_peak_memory_stats(device)
+    return result
+
+
+def main() -> None:
+    """Parse the command line, time every (size, model) pair and print the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype (fp32: none)")
+    parser.add_argument("--batch", type=int, default=None, help="clips per batch (default 8; 1 with --full)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 2; 1 with --full)")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 5; 2 with --full)")
+    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),
+                        help="sizes to time (default demo small; full with --full)")
+    parser.add_argument("--models", nargs="+", default=["encoder", "X1", "X2", "X3"],
+                        help="encoder and/or X1 X2 X3")
+    parser.add_argument("--full", action="store_true", help="the shipped MViTv2-B configs (slow on a CPU)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch.cuda.is_available() is False")
+    if device.type == "cpu" and args.dtype == "fp16":
+        parser.error("fp16 autocast is a GPU feature; use --dtype bf16 on the CPU")
+    bad = [m for m in args.models if m != "encoder" and m not in ("X1", "X2", "X3")]
+    if bad:
+        parser.error(f"--models takes encoder, X1, X2, X3; got {bad}")
+    batch = args.batch or (1 if args.full else 8)
+    warmup = args.warmup if args.warmup is not None else (1 if args.full else 2)
+    iters = args.iters or (2 if args.full else 5)
+    sizes = args.sizes or (["full"] if args.full else ["demo", "small"])
+    results = []
+    for size in sizes:
+        for name, cfg in size_configs(size, args.models).items():
+            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters)
+            results.append({"size": size, "model": name, **timing})
+    print(json.dumps({"bench": "model", "device": str(device), "dtype": args.dtype, "batch": batch,
+                      "warmup": warmup, "iters": iters, **machine(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
