@@ -13,8 +13,10 @@ Prints one JSON line. Sizes:
 For each size: ``encoder`` is the encoder-only model (stage 1, trained end to end) and ``X1``-``X3`` PlayItBack with
 1-3 replays on the frozen encoder (stage 2, as configured). "forward" is the eval-mode forward without autograd;
 "forward_backward" the train-mode forward, the training loss and its backward (no optimiser step). Inputs are random
-playbacks shaped as the dataset makes them. Each figure is the median of ``--iters`` timed iterations after
-``--warmup`` untimed ones.
+playbacks shaped as the dataset makes them. Each figure is the median (and the minimum, ``*_min_ms``) of ``--iters``
+timed iterations after ``--warmup`` untimed ones. On a CPU shared with other processes, multi-threaded kernels wait
+for the descheduled thread at every barrier and can run many times slower: compare ``--threads 1`` and the recorded
+``load_average_1min``.
 """
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(run: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
-    """Median wall time of `run` over `iters` calls after `warmup` untimed calls."""
+def timed_seconds(run: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Wall times of `iters` calls of `run` after `warmup` untimed calls."""
     for _ in range(warmup):
         run()
     sync(device)
@@ -71,13 +73,15 @@ def median_seconds(run: Callable[[], Any], device: torch.device, warmup: int, it
         run()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            # Other processes on the same cores slow multi-threaded CPU kernels a lot: record how busy it was.
+            "load_average_1min": round(os.getloadavg()[0], 2)}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -126,9 +130,10 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
         loss_fn(outputs, targets)["loss"].backward()
 
     model.eval()
-    forward_s = median_seconds(forward, device, warmup, iters)
+    forward_times = timed_seconds(forward, device, warmup, iters)
     model.train()
-    train_s = median_seconds(forward_backward, device, warmup, iters)
+    train_times = timed_seconds(forward_backward, device, warmup, iters)
+    forward_s, train_s = statistics.median(forward_times), statistics.median(train_times)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = {
@@ -137,6 +142,8 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
         "input_frames": [p.shape[1] for p in playbacks],
         "forward_ms": round(forward_s * 1e3, 2),
         "forward_backward_ms": round(train_s * 1e3, 2),
+        "forward_min_ms": round(min(forward_times) * 1e3, 2),
+        "forward_backward_min_ms": round(min(train_times) * 1e3, 2),
         "forward_samples_per_s": round(batch / forward_s, 2),
         "forward_backward_samples_per_s": round(batch / train_s, 2),
     }
@@ -159,7 +166,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["encoder", "X1", "X2", "X3"],
                         help="encoder and/or X1 X2 X3")
     parser.add_argument("--full", action="store_true", help="the shipped MViTv2-B configs (slow on a CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

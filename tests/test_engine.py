@@ -47,7 +47,7 @@ def test_train_writes_logs_checkpoints_and_learns(uninterrupted: Path) -> None:
     assert checkpoints == ["checkpoint_best.pyth", "checkpoint_epoch_00001.pyth", "checkpoint_epoch_00002.pyth",
                            "checkpoint_epoch_00003.pyth"]
     state = torch.load(uninterrupted / "checkpoints" / "checkpoint_epoch_00003.pyth", weights_only=True)
-    for key in ("epoch", "model_state", "optimizer_state", "cfg", "scaler_state", "rng_state", "iteration_in_epoch"):
+    for key in ("epoch", "model_state", "optimizer_state", "cfg", "scaler_state", "rng_states", "iteration_in_epoch"):
         assert key in state
     train_epochs = metrics(uninterrupted, "train_epoch")
     assert [r["epoch"] for r in train_epochs] == [1, 2, 3]

@@ -205,7 +205,7 @@ def primary_metric(metrics: dict[str, float], cfg: CfgNode) -> float:
 
 
 def _checkpoint_state(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                      task: ClassificationTask, state: TrainState) -> dict[str, Any]:
+                      state: TrainState, random_states: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "epoch": state.epoch,
         "iteration_in_epoch": state.iteration,
@@ -215,8 +215,8 @@ def _checkpoint_state(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Opt
         "optimizer_state": optimizer.state_dict(),
         "scaler_state": scaler.state_dict(),
         "cfg": dump_config(cfg),
-        "rng_state": ckpt.rng_state(),
-        "augment_generator_state": task.generator.get_state(),
+        # One entry per process (index = rank): every process resumes its own random streams.
+        "rng_states": random_states,
     }
 
 
@@ -224,9 +224,11 @@ def save_training_checkpoint(cfg: CfgNode, model: nn.Module, optimizer: torch.op
                              scaler: torch.amp.GradScaler, task: ClassificationTask, state: TrainState,
                              best: bool = False) -> None:
     """Write OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth (and checkpoint_best.pyth) atomically, on the
-    main process. RNG states are those of the main process."""
+    main process, with the random states of every process."""
+    random_states = du.all_gather_objects({"rng_state": ckpt.rng_state(),
+                                           "augment_generator_state": task.generator.get_state()})
     if du.is_main_process():
-        payload = _checkpoint_state(cfg, model, optimizer, scaler, task, state)
+        payload = _checkpoint_state(cfg, model, optimizer, scaler, state, random_states)
         path = ckpt.checkpoint_path(cfg.OUTPUT_DIR, state.epoch + 1)
         ckpt.save_checkpoint(path, payload)
         logger.info("saved %s (epoch %d, iteration %d)", path, state.epoch + 1, state.iteration)
@@ -244,8 +246,13 @@ def _resume(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, sc
         unwrap(model).load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         scaler.load_state_dict(checkpoint["scaler_state"])
-        ckpt.set_rng_state(checkpoint["rng_state"])
-        task.generator.set_state(checkpoint["augment_generator_state"])
+        states = checkpoint["rng_states"]
+        if len(states) != du.get_world_size():
+            logger.warning("checkpoint holds random states of %d process(es), this job has %d: the resumed run is "
+                           "valid but not bit-identical to an uninterrupted one", len(states), du.get_world_size())
+        mine = states[du.get_rank() % len(states)]
+        ckpt.set_rng_state(mine["rng_state"])
+        task.generator.set_state(mine["augment_generator_state"])
         state = TrainState(checkpoint["epoch"], checkpoint["iteration_in_epoch"], checkpoint["global_step"],
                            checkpoint["best_metric"])
         logger.info("resumed from %s: epoch %d, iteration %d", path, state.epoch + 1, state.iteration)
