@@ -104,9 +104,25 @@ def size_configs(size: str, models: list[str]) -> dict[str, CfgNode]:
     return configs
 
 
+def top_ops(run: Callable[[], Any], device: torch.device, count: int) -> list[dict[str, Any]]:
+    """The `count` operators with the most self time in one call of `run` (torch.profiler), with their share."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        run()
+        sync(device)
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, attribute), reverse=True)
+    total = sum(getattr(e, attribute) for e in events) or 1.0
+    return [{"op": e.key, "self_ms": round(getattr(e, attribute) / 1e3, 2), "calls": e.count,
+             "share": round(getattr(e, attribute) / total, 3)} for e in events[:count]]
+
+
 def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torch.dtype | None, warmup: int,
-                 iters: int) -> dict[str, Any]:
-    """Forward and forward+backward timings of one config's model.
+                 iters: int, profile_top: int = 0) -> dict[str, Any]:
+    """Forward and forward+backward timings of one config's model (and, with `profile_top`, the top operators of one
+    forward+backward).
 
     Inputs: S playbacks [batch, T0 * (i + 1), F] of seeded noise and random labels.
     """
@@ -147,6 +163,8 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
         "forward_samples_per_s": round(batch / forward_s, 2),
         "forward_backward_samples_per_s": round(batch / train_s, 2),
     }
+    if profile_top:
+        result["top_ops_forward_backward"] = top_ops(forward_backward, device, profile_top)
     if device.type == "cuda":
         result["peak_device_memory_GB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
         torch.cuda.reset_peak_memory_stats(device)
@@ -167,6 +185,8 @@ def main() -> None:
                         help="encoder and/or X1 X2 X3")
     parser.add_argument("--full", action="store_true", help="the shipped MViTv2-B configs (slow on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also list the N operators with the most self time in one forward+backward")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -186,7 +206,7 @@ def main() -> None:
     results = []
     for size in sizes:
         for name, cfg in size_configs(size, args.models).items():
-            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters)
+            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile)
             results.append({"size": size, "model": name, **timing})
     print(json.dumps({"bench": "model", "device": str(device), "dtype": args.dtype, "batch": batch,
                       "warmup": warmup, "iters": iters, **machine(), "results": results}))

@@ -56,6 +56,7 @@ def assert_outputs_equal(compiled: dict[str, Tensor], eager: dict[str, Tensor]) 
 
 
 def compile_fullgraph(model: nn.Module, backend: str = "eager") -> nn.Module:
+    """``torch.compile`` that raises on any graph break, with static shapes and a fresh dynamo cache."""
     dynamo.reset()
     return torch.compile(model, fullgraph=True, backend=backend, dynamic=False)
 

@@ -68,11 +68,20 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(cfg: CfgNode) -> torch.device:
-    """The process's device: its GPU when NUM_GPUS > 0, else the CPU."""
+    """The process's device: its GPU when NUM_GPUS > 0, else the CPU.
+
+    On the CPU the cores are shared between the training processes and their DataLoader workers, so each training
+    process takes cores // (processes * (workers + 1)) threads (at least 1): oversubscribed OpenMP threads spin
+    against the workers (measured on a 2-core machine: a PlayItBack step took 10 s with 2 threads next to 2 busy
+    workers, 0.4 s with 1).
+    """
     if cfg.NUM_GPUS > 0:
         if not torch.cuda.is_available():
             raise RuntimeError(f"NUM_GPUS is {cfg.NUM_GPUS} but no GPU is visible; pass NUM_GPUS 0 to run on the CPU")
         return torch.device("cuda", torch.cuda.current_device())
+    if "OMP_NUM_THREADS" not in os.environ:
+        share = (os.cpu_count() or 1) // (du.get_world_size() * (cfg.DATA_LOADER.NUM_WORKERS + 1))
+        torch.set_num_threads(max(1, share))
     return torch.device("cpu")
 
 
