@@ -251,25 +251,23 @@ def test_saliency_compiles_fullgraph() -> None:
 
 
 def test_attention_readout_equals_a_per_channel_reference() -> None:
-    """The attention readout is the attention-weighted mean of the normalised channel profiles, positive slot minus
-    negative slot, computed here channel by channel and frame by frame."""
+    """The attention readout is the attention-weighted mean of the standardised channel profiles (without the position
+    embedding), positive slot minus negative slot, computed here channel by channel and frame by frame."""
     torch.manual_seed(0)
     module = TemporalSaliency(token_dim=6, frames0=8, resolution=8).eval()
     tokens = torch.randn(2, 4, 3, 6)
     saliency, _ = module(tokens)
-    sequence = module.position_embed(temporal_profile(tokens, 8))  # [B, D, T0]
-    _, attn, _ = module.slot_attention(sequence, return_attention=True)
+    profile = temporal_profile(tokens, 8)  # [B, D, T0]
+    _, attn, _ = module.slot_attention(module.position_embed(profile), return_attention=True)
     for b in range(2):
         raw = []
         for t in range(8):
             value = 0.0
             for d in range(6):
-                profile = sequence[b, d]
-                mean = profile.mean()
-                std = ((profile - mean) ** 2).mean().add(1e-5).sqrt()
-                normalised = (profile[t] - mean) / std * module.slot_attention.norm_input.weight[t] + \
-                    module.slot_attention.norm_input.bias[t]
-                value += float((attn[b, 0, d] - attn[b, 1, d]) * normalised)
+                channel = profile[b, d]
+                mean = channel.mean()
+                std = ((channel - mean) ** 2).mean().add(1e-5).sqrt()
+                value += float((attn[b, 0, d] - attn[b, 1, d]) * (channel[t] - mean) / std)
             raw.append(value)
         raw = torch.tensor(raw)
         expected = (raw - raw.min()) / (raw.max() - raw.min())

@@ -266,15 +266,19 @@ class TemporalSaliency(nn.Module):
                 f"TemporalSaliency: tokens must be [B, T'', F'', {self.token_dim}] (the encoder grid, time-major), "
                 f"got shape {tuple(tokens.shape)}"
             )
-        sequence = self.position_embed(temporal_profile(tokens, self.frames0))  # [B, D, T0]
-        channels = sequence
+        profile = temporal_profile(tokens, self.frames0)  # [B, D, T0]
+        channels = self.position_embed(profile)
         if self.resolution != self.frames0:
-            channels = F.interpolate(sequence, size=self.resolution, mode="nearest")  # [B, D, W]
-        slots, attn, normalised = self.slot_attention(channels, return_attention=True)  # [B, K, W], [B, K, D]
+            channels = F.interpolate(channels, size=self.resolution, mode="nearest")  # [B, D, W]
+            profile = F.interpolate(profile, size=self.resolution, mode="nearest")
+        slots, attn = self.slot_attention(channels, return_attention=True)[:2]  # [B, K, W], [B, K, D]
         if self.readout == "slots":
             raw = slots[:, 0] - slots[:, 1]  # [B, W]
         else:
-            raw = torch.einsum("bn,bnw->bw", attn[:, 0] - attn[:, 1], normalised)  # [B, W]
+            # The channels' own profiles, standardised over time and without the position embedding: the curve
+            # follows what the selected channels do, not where the clip is.
+            standardised = F.layer_norm(profile, profile.shape[-1:])
+            raw = torch.einsum("bn,bnw->bw", attn[:, 0] - attn[:, 1], standardised)  # [B, W]
         raw = raw.unsqueeze(1)
         raw = F.interpolate(raw, size=self.frames0, mode="linear", align_corners=False).squeeze(1)  # [B, T0]
         return _normalise_per_sample(raw), slots
