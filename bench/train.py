@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -29,8 +30,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import psutil
-import torch
+# As tools/run_net.py does, before torch starts OpenMP: spinning threads steal the workers' cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
 from fvcore.common.config import CfgNode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +45,7 @@ from playitback.config import derived, load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
 from playitback.data.demo import make_demo_dataset  # noqa: E402
 from playitback.engine.optim import build_optimizer, param_groups  # noqa: E402
-from playitback.engine.trainer import StopRequest, TrainState, build_task, train_one_epoch  # noqa: E402
+from playitback.engine.trainer import StopRequest, TrainState, build_task, select_device, train_one_epoch  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 
 CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml"}
@@ -103,6 +107,8 @@ def bench_config(name: str, data_root: Path, out_dir: Path, device: torch.device
         "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", "1", "OUTPUT_DIR", str(out_dir / name),
     ])
     total = warmup + iters
+    if device.type == "cpu":
+        select_device(cfg)  # the trainer's thread policy: the cores are shared with the workers
     dataset = build_dataset(cfg, "train")
     preloaded = list(first_batches(build_loader(cfg, dataset, "train"), total))
     if len(preloaded) < total:
@@ -139,7 +145,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=6, help="iterations timed")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of the main process (default: torch's choice, one per core)")
+                        help="torch threads of the main process (default: the trainer's policy, cores / (workers + 1))")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
