@@ -112,7 +112,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{self._path}: refusing to unpickle the global '{module}.{name}': it is not one of the pandas/numpy "
                 "classes a DataFrame needs, so loading this file could run code. Convert the file to CSV in an "
                 "environment you trust with `python tools/prepare_annotations.py INPUT --dataset D --out OUT.csv "
-                "--allow-unsafe-pickle`, or pass allow_unsafe=True if you trust this file."
+                "--allow-unsafe-pickle`, or, if you trust this file, set DATA.ALLOW_UNSAFE_PICKLE True "
+                "(allow_unsafe=True in Python)."
             )
         return _resolve(locations)
 
