@@ -28,6 +28,8 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
+from playitback.utils.cli import report_failures
+
 MEDIA_EXTENSIONS = (
     ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma",
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -269,12 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = extract_all(pairs, args.sample_rate, args.jobs, ffmpeg, progress=not args.no_progress)
     print(f"{summary.converted} converted, {summary.skipped} already done, {len(summary.failures)} failed "
           f"(of {len(pairs)}) -> {args.out}")
-    if summary.failures:
-        print(f"{len(summary.failures)} file(s) failed:", file=sys.stderr)
-        for _, message in summary.failures:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(summary.failures)
 
 
 if __name__ == "__main__":

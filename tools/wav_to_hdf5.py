@@ -26,6 +26,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playitback.data.audio_io import AudioReadError, read_audio_file  # noqa: E402
+from playitback.utils.cli import report_failures  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 DTYPES = ("float32", "int16")
@@ -132,12 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = pack(files, args.out, args.dtype, args.sample_rate, progress=not args.no_progress)
     print(f"{summary.written} written, {summary.skipped} already present, {len(summary.failures)} failed "
           f"(of {len(files)}) -> {args.out}")
-    if summary.failures:
-        print(f"{len(summary.failures)} file(s) failed:", file=sys.stderr)
-        for _, message in summary.failures:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(summary.failures)
 
 
 if __name__ == "__main__":
