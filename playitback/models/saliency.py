@@ -277,7 +277,7 @@ class TemporalSaliency(nn.Module):
         else:
             # The channels' own profiles, standardised over time and without the position embedding: the curve
             # follows what the selected channels do, not where the clip is.
-            standardised = F.layer_norm(profile, profile.shape[-1:])
+            standardised = F.layer_norm(profile, (self.resolution,))
             raw = torch.einsum("bn,bnw->bw", attn[:, 0] - attn[:, 1], standardised)  # [B, W]
         raw = raw.unsqueeze(1)
         raw = F.interpolate(raw, size=self.frames0, mode="linear", align_corners=False).squeeze(1)  # [B, T0]
