@@ -150,3 +150,21 @@ def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
     assert not model.encoder.training and all(not m.training for m in model.encoder.modules())
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert model.decoder.training and all(m.training for m in model.saliency_slots.modules())
+
+
+def test_plot_segments_draws_test_clips_with_their_events(uninterrupted: Path, data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from engine_utils import REPO
+
+    opts = run_opts(data, uninterrupted, epochs=3)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/plot_segments.py"), "--cfg", str(REPO / PLAYITBACK), "--checkpoint",
+         str(uninterrupted / "checkpoints" / "checkpoint_epoch_00003.pyth"), "--events",
+         str(data / "annotations" / "events.csv"), "--out", str(tmp_path), "--num-clips", "2", *opts],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pictures = sorted(tmp_path.glob("replay_*.png"))
+    assert len(pictures) == 2 and all(p.stat().st_size > 10_000 for p in pictures)
+    assert result.stdout.split() == [str(p) for p in pictures]
