@@ -64,6 +64,9 @@ class PlayItBack(nn.Module):
     def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency], decoder: TemPr,
                  freeze_encoder: bool = True) -> None:
         super().__init__()
+        if len(saliency) < 2:
+            raise ValueError(f"PlayItBack needs at least 2 playbacks (one saliency module each), got {len(saliency)}; "
+                             "use EncoderClassifier for the encoder alone")
         self.encoder = encoder
         # The original's module name, so that its checkpoints load.
         self.saliency_slots = nn.ModuleList(saliency)
@@ -113,7 +116,6 @@ class PlayItBack(nn.Module):
                 masks.append(mask)
                 composite = replay(composite, playbacks[i + 1], mask, ratio=i + 2)
         decoded = self.decoder(tokens)
-        batch, frames0 = playbacks[0].shape[:2]
         return {
             "logits": decoded["logits"],
             "playback_logits": decoded["playback_logits"],
@@ -121,5 +123,5 @@ class PlayItBack(nn.Module):
             "pos_logits": torch.stack(pos_logits),
             "neg_logits": torch.stack(neg_logits),
             "saliency": torch.stack(saliencies, dim=1),
-            "replay_masks": torch.stack(masks, dim=1) if masks else playbacks[0].new_zeros(batch, 0, frames0).bool(),
+            "replay_masks": torch.stack(masks, dim=1),
         }
