@@ -171,6 +171,16 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
     return result
 
 
+def bench_device(parser: argparse.ArgumentParser, name: str, threads: int | None) -> torch.device:
+    """The device of a benchmark run (and its CPU thread count when given); a missing GPU is a usage error."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name} was asked for but torch.cuda.is_available() is False")
+    return device
+
+
 def main() -> None:
     """Parse the command line, time every (size, model) pair and print the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,12 +198,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list the N operators with the most self time in one forward+backward")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but torch.cuda.is_available() is False")
+    device = bench_device(parser, args.device, args.threads)
     if device.type == "cpu" and args.dtype == "fp16":
         parser.error("fp16 autocast is a GPU feature; use --dtype bf16 on the CPU")
     bad = [m for m in args.models if m != "encoder" and m not in ("X1", "X2", "X3")]

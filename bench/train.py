@@ -40,12 +40,19 @@ from fvcore.common.config import CfgNode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.model import machine  # noqa: E402
-from playitback.config import derived, load_config  # noqa: E402
+from bench.model import bench_device, machine  # noqa: E402
+from playitback.config import load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
 from playitback.data.demo import make_demo_dataset  # noqa: E402
-from playitback.engine.optim import build_optimizer, param_groups  # noqa: E402
-from playitback.engine.trainer import StopRequest, TrainState, build_task, select_device, train_one_epoch  # noqa: E402
+from playitback.engine.trainer import (  # noqa: E402
+    StopRequest,
+    TrainState,
+    build_task,
+    build_training_optimizer,
+    first_batches,
+    select_device,
+    train_one_epoch,
+)
 from playitback.models import build_model  # noqa: E402
 
 CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml"}
@@ -78,24 +85,12 @@ def run_steps(cfg: CfgNode, batches: Iterable[dict[str, Any]], device: torch.dev
     """Train a fresh model of `cfg` on `batches` (`iters` of them) with the library's loop; returns the step times."""
     torch.manual_seed(cfg.RNG_SEED)
     model = build_model(cfg).to(device)
-    optimizer = build_optimizer(
-        param_groups(model, cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM),
-        cfg.SOLVER.OPTIMIZING_METHOD, derived.base_lr(cfg), momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV, dampening=cfg.SOLVER.DAMPENING,
-    )
+    optimizer = build_training_optimizer(cfg, model)
     task = build_task(cfg, model, device, train=True)
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
     recorder = StepRecorder()
     train_one_epoch(cfg, task, batches, optimizer, scaler, TrainState(), iters, recorder, StopRequest(), [])
     return recorder
-
-
-def first_batches(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict[str, Any]]:
-    """The first `count` batches of a loader, lazily (the loader's workers stop when the generator is closed)."""
-    for index, batch in enumerate(loader):
-        if index >= count:
-            return
-        yield batch
 
 
 def bench_config(name: str, data_root: Path, out_dir: Path, device: torch.device, workers: int, warmup: int,
@@ -147,11 +142,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the main process (default: the trainer's policy, cores / (workers + 1))")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but torch.cuda.is_available() is False")
+    device = bench_device(parser, args.device, args.threads)
     num_classes = 8
     per_class = -(-(args.warmup + args.iters) * args.batch // num_classes)
     results = []

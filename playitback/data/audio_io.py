@@ -7,7 +7,6 @@ files raise :class:`AudioReadError` naming the file.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any

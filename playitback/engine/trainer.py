@@ -119,6 +119,15 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
     )
 
 
+def build_training_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of SOLVER.* over the model's trainable parameters (no weight decay on 1-D ones)."""
+    return build_optimizer(
+        param_groups(model, cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM),
+        cfg.SOLVER.OPTIMIZING_METHOD, derived.base_lr(cfg), momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV, dampening=cfg.SOLVER.DAMPENING,
+    )
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and torch.compile wrappers."""
     while True:
@@ -443,11 +452,7 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     if cfg.LOG_MODEL_INFO:
         logger.info("model %s: %s", cfg.MODEL.MODEL_NAME, json.dumps(count_parameters(model)))
     model = _wrap_model(cfg, model, device)
-    optimizer = build_optimizer(
-        param_groups(unwrap(model), cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM),
-        cfg.SOLVER.OPTIMIZING_METHOD, derived.base_lr(cfg), momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV, dampening=cfg.SOLVER.DAMPENING,
-    )
+    optimizer = build_training_optimizer(cfg, unwrap(model))
     task = build_task(cfg, model, device, train=True)
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
     state = _resume(cfg, model, optimizer, scaler, task)
@@ -476,7 +481,7 @@ def train(cfg: CfgNode) -> dict[str, Any]:
             sampler.set_start_batch(state.iteration)
             bad_files: list[str] = []
             epoch_start = time.perf_counter()
-            epoch_stats = train_one_epoch(cfg, task, _limit(train_loader, iters_per_epoch - state.iteration),
+            epoch_stats = train_one_epoch(cfg, task, first_batches(train_loader, iters_per_epoch - state.iteration),
                                           optimizer, scaler, state, iters_per_epoch, writer, stop, bad_files)
             _check_bad_files(cfg, bad_files, int(epoch_stats["replaced_items"]),
                              iters_per_epoch * cfg.TRAIN.BATCH_SIZE)
@@ -505,8 +510,8 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     return val_metrics
 
 
-def _limit(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict[str, Any]]:
-    """The first `count` batches of a loader (TRAIN.MAX_ITERS_PER_EPOCH)."""
+def first_batches(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict[str, Any]]:
+    """The first `count` batches of a loader, lazily (TRAIN.MAX_ITERS_PER_EPOCH; the workers stop when it closes)."""
     for index, batch in enumerate(loader):
         if index >= count:
             return
