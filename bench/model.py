@@ -1,14 +1,18 @@
-"""Model throughput: forward and forward+backward milliseconds per batch of PlayItBack X1/X2/X3 and the encoder alone.
+"""Model throughput: forward and forward+backward time of PlayItBack X1/X2/X3 and the encoder alone, with FLOPs, MFU,
+the ``torch.compile`` speed-up and a host-synchronisation check.
 
     .venv/bin/python bench/model.py                               # CPU, fp32, demo and small sizes, batch 8
-    .venv/bin/python bench/model.py --device cuda --dtype bf16    # on a GPU under bf16 autocast
-    .venv/bin/python bench/model.py --full                        # the shipped MViTv2-B configs (batch 1, 2 iters)
+    .venv/bin/python bench/model.py --compile                     # also time torch.compile'd models side by side
+    .venv/bin/python bench/model.py --device cuda --dtype bf16 --full --batch 64 --compile --sync-debug
+                                                                  # the GPU protocol of bench/run_all.py --device cuda
 
 Prints one JSON line. Sizes:
 
 * ``demo``: configs/Demo (4 s crops, T0 64, a 4-block MViTv2 of width 128, TemPr latents 128).
 * ``small``: the demo recipe at a research-like resolution: 5 s crops, T0 200, 6 blocks of width 192.
-* ``full`` (--full): configs/VGG-Sound PlayItBackX1/X2/X3 and MViTv2_B (5 s, T0 400, MViTv2-B).
+* ``mvitv2_s``, ``mvitv2_b`` (``--full`` = both): the shipped VGG-Sound configs (5 s, T0 400): MViTv2_S.yaml and
+  PlayItBackX1_S.yaml (X2, X3: the same with MODEL.PLAYBACK and DECODER.DEPTH raised), MViTv2_B.yaml and
+  PlayItBackX1/X2/X3.yaml.
 
 For each size: ``encoder`` is the encoder-only model (stage 1, trained end to end) and ``X1``-``X3`` PlayItBack with
 1-3 replays on the frozen encoder (stage 2, as configured). "forward" is the eval-mode forward without autograd;
@@ -17,6 +21,14 @@ playbacks shaped as the dataset makes them. Each figure is the median (and the m
 timed iterations after ``--warmup`` untimed ones. On a CPU shared with other processes, multi-threaded kernels wait
 for the descheduled thread at every barrier and can run many times slower: compare ``--threads 1`` and the recorded
 ``load_average_1min``.
+
+FLOPs (``playitback.utils.flops``) are fvcore's multiply-adds times 2, per sample; a training step counts the backward
+of the modules that train as twice their forward. ``*_tflops_per_s`` is what the step achieved and ``*_mfu`` that
+over the device's data-sheet peak for the dtype (known GPUs, or ``--peak-tflops``). ``--compile`` times
+``torch.compile(model)`` after the eager model in the same process (``compiled_*`` figures, ``compile_speedup_*`` =
+eager / compiled time, ``compile_s`` the first compiled calls). ``--sync-debug`` (CUDA) runs one eval forward and one
+training step of the library's task (device front-end from pinned waveforms, SpecAugment, MixUp, forward, loss,
+backward) under ``torch.cuda.set_sync_debug_mode("error")``: "ok", or the error of the first host synchronisation.
 """
 from __future__ import annotations
 
@@ -33,6 +45,7 @@ from typing import Any
 
 import torch
 from fvcore.common.config import CfgNode
+from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,6 +54,13 @@ from playitback.config import derived, load_config  # noqa: E402
 from playitback.engine.trainer import build_task  # noqa: E402
 from playitback.losses import labels_to_targets  # noqa: E402
 from playitback.models import build_model  # noqa: E402
+from playitback.utils.flops import (  # noqa: E402
+    StepFlops,
+    count_flops,
+    model_flops_utilisation,
+    peak_tflops,
+    step_flops,
+)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZES: dict[str, dict[str, Any]] = {
@@ -52,8 +72,14 @@ SIZES: dict[str, dict[str, Any]] = {
                  "[[1, 2.0], [4, 2.0]]", "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2], [4, 2, 2]]",
                  "DECODER.INPUT_CHANNELS", "192"],
     },
-    "full": {"dir": "configs/VGG-Sound", "encoder": "MViTv2_B.yaml", "playitback": "PlayItBackX{k}.yaml", "opts": []},
+    "mvitv2_s": {"dir": "configs/VGG-Sound", "encoder": "MViTv2_S.yaml", "playitback": "PlayItBackX1_S.yaml",
+                 "opts": []},
+    "mvitv2_b": {"dir": "configs/VGG-Sound", "encoder": "MViTv2_B.yaml", "playitback": "PlayItBackX{k}.yaml",
+                 "opts": []},
 }
+FULL_SIZES = ["mvitv2_s", "mvitv2_b"]
+AMP_OPTS = {"fp32": ["TRAIN.MIXED_PRECISION", "False"], "bf16": ["TRAIN.AMP_DTYPE", "bfloat16"],
+            "fp16": ["TRAIN.AMP_DTYPE", "float16"]}
 
 
 def sync(device: torch.device) -> None:
@@ -87,8 +113,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def size_configs(size: str, models: list[str]) -> dict[str, CfgNode]:
-    """The configs of a size: "encoder" and "X<k>" as asked."""
+def size_configs(size: str, models: list[str], dtype: str = "fp32") -> dict[str, CfgNode]:
+    """The configs of a size: "encoder" and "X<k>" as asked, training under `dtype` autocast."""
     spec = SIZES[size]
     configs = {}
     for name in models:
@@ -100,7 +126,8 @@ def size_configs(size: str, models: list[str]) -> dict[str, CfgNode]:
             path = spec["playitback"].format(k=replays)
             extra = [] if "{k}" in spec["playitback"] else ["MODEL.PLAYBACK", str(replays),
                                                             "DECODER.DEPTH", str(replays + 1)]
-        configs[name] = load_config(str(REPO / spec["dir"] / path), ["NUM_GPUS", "0", *spec["opts"], *extra])
+        configs[name] = load_config(str(REPO / spec["dir"] / path),
+                                    ["NUM_GPUS", "0", *spec["opts"], *extra, *AMP_OPTS[dtype]])
     return configs
 
 
@@ -119,10 +146,83 @@ def top_ops(run: Callable[[], Any], device: torch.device, count: int) -> list[di
              "share": round(getattr(e, attribute) / total, 3)} for e in events[:count]]
 
 
+def per_sample_flops(model: nn.Module, playbacks: list[Tensor]) -> StepFlops:
+    """FLOPs of one sample's forward and training step (fvcore trace of the eval-mode forward of the first sample)."""
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        report = count_flops(model, ([p[:1] for p in playbacks],))
+    model.train(training)
+    return step_flops(model, report)
+
+
+def host_sync_check(run: Callable[[], Any]) -> str:
+    """"ok" when `run` (called once to warm up, then again) makes no host-device synchronisation on the second call,
+    else the first line of the error that ``torch.cuda.set_sync_debug_mode("error")`` raised."""
+    run()
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
+    return "ok"
+
+
+def sync_checks(cfg: CfgNode, model: nn.Module, playbacks: list[Tensor], device: torch.device) -> dict[str, str]:
+    """:func:`host_sync_check` of one eval step and one training step (with its backward) of the library's task, fed
+    like the loader feeds it: pinned host waveforms (device front-end) or playbacks, and labels."""
+    task = build_task(cfg, model, device, train=True)
+    batch = playbacks[0].shape[0]
+    data: dict[str, Any] = {"label": torch.randint(0, derived.class_counts(cfg)[0], (batch,)).pin_memory()}
+    if task.pyramid is not None:
+        data["waveform"] = torch.randn(batch, derived.clip_samples(cfg)).pin_memory()
+    else:
+        data["playbacks"] = [p.cpu().pin_memory() for p in playbacks]
+
+    def eval_step() -> None:
+        model.eval()
+        with torch.inference_mode():
+            task.step(data, train=False)
+
+    def train_step() -> None:
+        model.train()
+        task.step(data, train=True)[1]["loss"].backward()
+
+    return {"eval_step": host_sync_check(eval_step), "train_step": host_sync_check(train_step)}
+
+
+def timing_figures(prefix: str, forward_times: list[float], train_times: list[float], batch: int, flops: StepFlops,
+                   peak: float | None) -> dict[str, Any]:
+    """Milliseconds, samples/s, achieved TFLOP/s and (with a peak) MFU of the timed forwards and training steps."""
+    forward_s, train_s = statistics.median(forward_times), statistics.median(train_times)
+    figures = {
+        f"{prefix}forward_ms": round(forward_s * 1e3, 2),
+        f"{prefix}forward_backward_ms": round(train_s * 1e3, 2),
+        f"{prefix}forward_min_ms": round(min(forward_times) * 1e3, 2),
+        f"{prefix}forward_backward_min_ms": round(min(train_times) * 1e3, 2),
+        f"{prefix}forward_samples_per_s": round(batch / forward_s, 2),
+        f"{prefix}forward_backward_samples_per_s": round(batch / train_s, 2),
+        f"{prefix}forward_tflops_per_s": round(flops.forward * batch / forward_s / 1e12, 4),
+        f"{prefix}forward_backward_tflops_per_s": round(flops.train_step * batch / train_s / 1e12, 4),
+    }
+    if peak:
+        figures[f"{prefix}forward_mfu"] = round(model_flops_utilisation(flops.forward * batch, forward_s, peak), 4)
+        figures[f"{prefix}forward_backward_mfu"] = round(
+            model_flops_utilisation(flops.train_step * batch, train_s, peak), 4)
+    return figures
+
+
 def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torch.dtype | None, warmup: int,
-                 iters: int, profile_top: int = 0) -> dict[str, Any]:
-    """Forward and forward+backward timings of one config's model (and, with `profile_top`, the top operators of one
-    forward+backward).
+                 iters: int, profile_top: int = 0, compile_mode: str | None = None, sync_debug: bool = False,
+                 peak: float | None = None) -> dict[str, Any]:
+    """Timings, FLOPs and MFU of one config's model; optionally the top operators of one forward+backward
+    (`profile_top`), the same timings of ``torch.compile(model, mode=compile_mode)`` ("default" for torch's default
+    mode; None: not compiled) and the host-synchronisation checks (`sync_debug`, CUDA).
 
     Inputs: S playbacks [batch, T0 * (i + 1), F] of seeded noise and random labels.
     """
@@ -134,37 +234,54 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
     playbacks = [torch.randn(batch, frames0 * (i + 1), mels, device=device) for i in range(derived.num_playbacks(cfg))]
     targets = labels_to_targets(torch.randint(0, counts[0], (batch,), device=device), counts, cfg.DATA.MULTI_LABEL)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    flops = per_sample_flops(model, playbacks)
 
-    def forward() -> None:
-        with torch.inference_mode(), autocast:
-            model(playbacks)
+    def runs(net: Callable[[list[Tensor]], dict[str, Tensor]]) -> tuple[Callable[[], None], Callable[[], None]]:
+        def forward() -> None:
+            model.eval()
+            with torch.inference_mode(), autocast:
+                net(playbacks)
 
-    def forward_backward() -> None:
-        with autocast:
-            outputs = model(playbacks)
-        outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
-        loss_fn(outputs, targets)["loss"].backward()
+        def forward_backward() -> None:
+            model.train()
+            with autocast:
+                outputs = net(playbacks)
+            outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+            loss_fn(outputs, targets)["loss"].backward()
 
-    model.eval()
+        return forward, forward_backward
+
+    forward, forward_backward = runs(model)
     forward_times = timed_seconds(forward, device, warmup, iters)
-    model.train()
     train_times = timed_seconds(forward_backward, device, warmup, iters)
-    forward_s, train_s = statistics.median(forward_times), statistics.median(train_times)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = {
+    result: dict[str, Any] = {
         "params_M": round(params / 1e6, 3),
         "trainable_params_M": round(trainable / 1e6, 3),
         "input_frames": [p.shape[1] for p in playbacks],
-        "forward_ms": round(forward_s * 1e3, 2),
-        "forward_backward_ms": round(train_s * 1e3, 2),
-        "forward_min_ms": round(min(forward_times) * 1e3, 2),
-        "forward_backward_min_ms": round(min(train_times) * 1e3, 2),
-        "forward_samples_per_s": round(batch / forward_s, 2),
-        "forward_backward_samples_per_s": round(batch / train_s, 2),
+        "forward_gflops_per_sample": round(flops.forward / 1e9, 3),
+        "train_step_gflops_per_sample": round(flops.train_step / 1e9, 3),
+        **timing_figures("", forward_times, train_times, batch, flops, peak),
     }
     if profile_top:
         result["top_ops_forward_backward"] = top_ops(forward_backward, device, profile_top)
+    if compile_mode is not None:
+        compiled_forward, compiled_forward_backward = runs(
+            torch.compile(model, mode=None if compile_mode == "default" else compile_mode))
+        start = time.perf_counter()
+        compiled_forward()
+        compiled_forward_backward()
+        sync(device)
+        result["compile_s"] = round(time.perf_counter() - start, 1)
+        compiled = timing_figures("compiled_", timed_seconds(compiled_forward, device, warmup, iters),
+                                  timed_seconds(compiled_forward_backward, device, warmup, iters), batch, flops, peak)
+        result.update(compiled)
+        result["compile_speedup_forward"] = round(result["forward_ms"] / compiled["compiled_forward_ms"], 3)
+        result["compile_speedup_forward_backward"] = round(
+            result["forward_backward_ms"] / compiled["compiled_forward_backward_ms"], 3)
+    if sync_debug:
+        result["host_sync"] = sync_checks(cfg, model, playbacks, device)
     if device.type == "cuda":
         result["peak_device_memory_GB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
         torch.cuda.reset_peak_memory_stats(device)
@@ -190,31 +307,43 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 2; 1 with --full)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 5; 2 with --full)")
     parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES),
-                        help="sizes to time (default demo small; full with --full)")
+                        help=f"sizes to time (default demo small; {' '.join(FULL_SIZES)} with --full)")
     parser.add_argument("--models", nargs="+", default=["encoder", "X1", "X2", "X3"],
                         help="encoder and/or X1 X2 X3")
-    parser.add_argument("--full", action="store_true", help="the shipped MViTv2-B configs (slow on a CPU)")
+    parser.add_argument("--full", action="store_true", help="the shipped MViTv2-S and -B configs (slow on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also list the N operators with the most self time in one forward+backward")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(model), side by side")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode: default, reduce-overhead, max-autotune, ...")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="check one eval and one training step for host synchronisations (CUDA)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak TFLOP/s of the device for --dtype (default: data sheet of known GPUs) for the MFU")
     args = parser.parse_args()
     device = bench_device(parser, args.device, args.threads)
     if device.type == "cpu" and args.dtype == "fp16":
         parser.error("fp16 autocast is a GPU feature; use --dtype bf16 on the CPU")
+    if args.sync_debug and device.type != "cuda":
+        parser.error("--sync-debug checks CUDA synchronisations; it needs --device cuda")
     bad = [m for m in args.models if m != "encoder" and m not in ("X1", "X2", "X3")]
     if bad:
         parser.error(f"--models takes encoder, X1, X2, X3; got {bad}")
     batch = args.batch or (1 if args.full else 8)
     warmup = args.warmup if args.warmup is not None else (1 if args.full else 2)
     iters = args.iters or (2 if args.full else 5)
-    sizes = args.sizes or (["full"] if args.full else ["demo", "small"])
+    sizes = args.sizes or (FULL_SIZES if args.full else ["demo", "small"])
+    info = machine()
+    peak = args.peak_tflops or (peak_tflops(info["gpu"], args.dtype) if device.type == "cuda" else None)
     results = []
     for size in sizes:
-        for name, cfg in size_configs(size, args.models).items():
-            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile)
+        for name, cfg in size_configs(size, args.models, args.dtype).items():
+            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile,
+                                  args.compile_mode if args.compile else None, args.sync_debug, peak)
             results.append({"size": size, "model": name, **timing})
     print(json.dumps({"bench": "model", "device": str(device), "dtype": args.dtype, "batch": batch,
-                      "warmup": warmup, "iters": iters, **machine(), "results": results}))
+                      "warmup": warmup, "iters": iters, "peak_tflops": peak, **info, "results": results}))
 
 
 if __name__ == "__main__":

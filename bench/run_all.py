@@ -1,14 +1,24 @@
 """Run every benchmark, save the results of this machine and print them as a table (what ``make bench`` runs).
 
     .venv/bin/python bench/run_all.py                      # CPU
-    .venv/bin/python bench/run_all.py --device cuda        # the GPU variants (model under bf16 autocast)
+    .venv/bin/python bench/run_all.py --device cuda        # the GPU protocol (below)
     .venv/bin/python bench/run_all.py --only model train   # a subset
 
-Each benchmark (bench/frontend.py, data.py, model.py, train.py) runs in its own process and prints one JSON line;
-they are collected into ``bench/results/<machine>.json`` and ``bench/results/<machine>.md`` (one Markdown table per
-benchmark), where <machine> is a short name made from the CPU (or GPU) model and the core count, e.g.
-``amd-epyc-2c``. A benchmark that fails is reported with its error output and the others still run; the exit status
-is then 1.
+Each benchmark runs in its own process and prints one JSON line; they are collected into
+``bench/results/<machine>.json`` and ``bench/results/<machine>.md`` (one Markdown table per benchmark), where
+<machine> is a short name made from the CPU (or GPU) model and the core count, e.g. ``amd-epyc-2c``. A benchmark that
+fails is reported with its error output and the others still run; the exit status is then 1.
+
+The benchmarks and their arguments on a CPU / on a GPU (:data:`BENCHMARKS`):
+
+* ``frontend``: bench/frontend.py; the batched pyramid on the device on a GPU.
+* ``data``: bench/data.py.
+* ``model``: bench/model.py at the demo and small sizes (CPU, fp32); on a GPU the small and shipped sizes (MViTv2-S
+  and -B, X1-X3) at batch 64 under bf16 autocast, with the host-synchronisation check (``--sync-debug``).
+* ``compile``: bench/model.py ``--compile``: eager against ``torch.compile`` side by side, the demo encoder and X2
+  (CPU, 1 thread), the shipped MViTv2-B encoder and X3 at batch 64, bf16 (GPU).
+* ``train``: bench/train.py, demo configs with 2 workers (CPU); the shipped MViTv2-B encoder pretraining and
+  PlayItBackX3 with 8 workers, batch 64, bf16, 20 timed steps (GPU).
 """
 from __future__ import annotations
 
@@ -25,7 +35,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-BENCHMARKS = ("frontend", "data", "model", "train")
+CUDA = "cuda"  # replaced by the --device given (e.g. cuda:1)
+BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
+    "frontend": ("frontend.py", [], ["--device", CUDA]),
+    "data": ("data.py", [], ["--device", CUDA]),
+    "model": ("model.py", [], ["--device", CUDA, "--dtype", "bf16", "--sizes", "small", "mvitv2_s", "mvitv2_b",
+                               "--batch", "64", "--sync-debug"]),
+    "compile": ("model.py", ["--sizes", "demo", "--models", "encoder", "X2", "--threads", "1", "--compile"],
+                ["--device", CUDA, "--dtype", "bf16", "--sizes", "mvitv2_b", "--models", "encoder", "X3", "--batch",
+                 "64", "--compile"]),
+    "train": ("train.py", [], ["--device", CUDA, "--configs", "MViTv2_B", "PlayItBackX3", "--workers", "8", "--batch",
+                               "64", "--amp", "bf16", "--iters", "20"]),
+}
 
 
 def cpu_model() -> str:
@@ -54,13 +75,10 @@ def machine_name(device: str) -> str:
 
 
 def bench_command(name: str, device: str) -> list[str]:
-    """The command line of one benchmark."""
-    command = [sys.executable, str(REPO / "bench" / f"{name}.py")]
-    if device.startswith("cuda"):
-        command += ["--device", device]
-        if name == "model":
-            command += ["--dtype", "bf16"]
-    return command
+    """The command line of one benchmark on `device` ("cpu" or a CUDA device)."""
+    script, cpu_args, gpu_args = BENCHMARKS[name]
+    args = [device if arg == CUDA else arg for arg in gpu_args] if device.startswith("cuda") else cpu_args
+    return [sys.executable, str(REPO / "bench" / script), *args]
 
 
 def run_benchmark(name: str, device: str) -> dict[str, Any]:
@@ -79,6 +97,12 @@ def run_benchmark(name: str, device: str) -> dict[str, Any]:
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _mfu(row: dict[str, Any], *keys: str) -> str:
+    """The MFU figures `keys` of a result row as percentages ("-" when the device's peak was unknown)."""
+    values = [f"{100 * row[key]:.1f}%" for key in keys if key in row]
+    return " / ".join(values) if values else "-"
 
 
 def markdown(machine: str, results: dict[str, dict[str, Any]]) -> str:
@@ -108,21 +132,36 @@ def markdown(machine: str, results: dict[str, dict[str, Any]]) -> str:
             out.append(f"\n{result['clips']} generated {result['seconds']} s clips, batch {result['batch']}, "
                        f"{result['config']}.")
         elif name == "model":
-            out += _table(["size", "model", "params (M)", "trainable (M)", "frames", "forward ms", "fwd+bwd ms",
-                           "fwd samples/s", "fwd+bwd samples/s", "min fwd / fwd+bwd ms"], [
-                [r["size"], r["model"], r["params_M"], r["trainable_params_M"], r["input_frames"], r["forward_ms"],
+            out += _table(["size", "model", "params (M)", "trainable (M)", "frames", "GFLOPs fwd / step",
+                           "fwd ms", "fwd+bwd ms", "fwd samples/s", "fwd+bwd samples/s", "TFLOP/s fwd / step",
+                           "MFU fwd / step", "host sync (eval / train)", "device GB"], [
+                [r["size"], r["model"], r["params_M"], r["trainable_params_M"], r["input_frames"],
+                 f"{r['forward_gflops_per_sample']} / {r['train_step_gflops_per_sample']}", r["forward_ms"],
                  r["forward_backward_ms"], r["forward_samples_per_s"], r["forward_backward_samples_per_s"],
-                 f"{r['forward_min_ms']} / {r['forward_backward_min_ms']}"] for r in result["results"]])
+                 f"{r['forward_tflops_per_s']} / {r['forward_backward_tflops_per_s']}", _mfu(r, "forward_mfu", "forward_backward_mfu"),
+                 " / ".join(r["host_sync"].values()) if "host_sync" in r else "-",
+                 r.get("peak_device_memory_GB", "-")] for r in result["results"]])
             out.append(f"\nbatch {result['batch']}, {result['dtype']}, median of {result['iters']} after "
-                       f"{result['warmup']} warm-up, {result['torch_threads']} threads.")
+                       f"{result['warmup']} warm-up, {result['torch_threads']} threads; GFLOPs per sample "
+                       f"(2 per multiply-add); MFU over a peak of {result.get('peak_tflops') or '(unknown)'} TFLOP/s.")
+        elif name == "compile":
+            out += _table(["size", "model", "eager fwd / fwd+bwd ms", "compiled fwd / fwd+bwd ms",
+                           "speed-up fwd", "speed-up fwd+bwd", "compile s"], [
+                [r["size"], r["model"], f"{r['forward_ms']} / {r['forward_backward_ms']}",
+                 f"{r['compiled_forward_ms']} / {r['compiled_forward_backward_ms']}", r["compile_speedup_forward"],
+                 r["compile_speedup_forward_backward"], r["compile_s"]] for r in result["results"]])
+            out.append(f"\nbatch {result['batch']}, {result['dtype']}, torch.compile default mode, median of "
+                       f"{result['iters']} after {result['warmup']} warm-up, {result['torch_threads']} threads; "
+                       "compile s: the first compiled eval forward and training step.")
         elif name == "train":
-            out += _table(["model", "workers", "front-end", "loader samples/s", "pre-loaded samples/s",
-                           "loader / pre-loaded", "data wait", "step ms (loader / pre-loaded)",
-                           "peak RSS GB (loader / pre-loaded)"], [
-                [r["model"], r["workers"], r["frontend"], r["loader_samples_per_s"], r["preloaded_samples_per_s"],
-                 r["loader_over_preloaded"], f"{100 * r['data_wait_fraction']:.1f}%",
-                 f"{r['loader_step_ms']} / {r['preloaded_step_ms']}",
-                 f"{r['loader_peak_rss_total_GB']} / {r['preloaded_peak_rss_total_GB']}"] for r in result["results"]])
+            out += _table(["model", "workers", "front-end", "autocast", "loader samples/s", "pre-loaded samples/s",
+                           "loader / pre-loaded", "data wait", "step ms (loader / pre-loaded)", "MFU (loader)",
+                           "peak RSS GB (loader / pre-loaded)", "device GB"], [
+                [r["model"], r["workers"], r["frontend"], r["autocast"], r["loader_samples_per_s"],
+                 r["preloaded_samples_per_s"], r["loader_over_preloaded"], f"{100 * r['data_wait_fraction']:.1f}%",
+                 f"{r['loader_step_ms']} / {r['preloaded_step_ms']}", _mfu(r, "loader_mfu"),
+                 f"{r['loader_peak_rss_total_GB']} / {r['preloaded_peak_rss_total_GB']}",
+                 r.get("peak_device_memory_GB", "-")] for r in result["results"]])
             out.append(f"\nbatch {result['results'][0]['batch']}, {result['iters']} iterations after "
                        f"{result['warmup']} warm-up; target loader / pre-loaded >= 0.8; peak RSS of the main "
                        f"process {result['peak_rss_main_GB']} GB.")
@@ -134,7 +173,8 @@ def main() -> int:
     """Run the benchmarks, write bench/results/<machine>.{json,md}, print the table; 1 when any failed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
+                        help="benchmarks to run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results")
     args = parser.parse_args()
     machine = machine_name(args.device)

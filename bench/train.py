@@ -1,21 +1,25 @@
 """End-to-end training throughput: the real DataLoader against the same batches pre-loaded in memory.
 
     .venv/bin/python bench/train.py                    # CPU: demo PlayItBackX2 and the demo encoder pretraining
-    .venv/bin/python bench/train.py --device cuda      # on a GPU (the front-end then runs batched on the device)
+    .venv/bin/python bench/train.py --device cuda --configs MViTv2_B PlayItBackX3 --workers 8 --batch 64 \
+        --amp bf16 --iters 20                          # the GPU protocol of bench/run_all.py --device cuda
 
-Prints one JSON line. The demo dataset is generated into a temporary folder and each config (configs/Demo) trains
+Prints one JSON line. For each config a dataset of generated clips in the demo layout (VGG-Sound annotations, WAV
+files at the config's sample rate, as long as its crops) is written into a temporary folder, and the config trains
 through the library's own loop, ``playitback.engine.trainer.train_one_epoch``, with its own dataset, loader, task,
 optimiser and parameter groups, twice:
 
 * ``loader``: batches come from ``build_loader`` with ``--workers`` worker processes (as in a real run);
 * ``preloaded``: the same batches, read once beforehand and kept in memory (no data time at all).
 
-The loop logs every iteration (LOG_PERIOD 1): its ``dt`` (whole step, data wait included) and ``dt_data`` (time
-spent waiting for the batch). The first ``--warmup`` iterations (worker start-up, allocator warm-up) are dropped; the
-figures are over the next ``--iters``. ``loader_over_preloaded`` is the target figure (at least 0.8);
-``data_wait_fraction`` is dt_data / dt of the loader run. Peak host memory: ``peak_rss_main_GB`` (the main process's
-high-water mark) and ``peak_rss_total_GB`` (main process plus workers, sampled every iteration with psutil); on CUDA,
-``peak_device_memory_GB``.
+Configs: ``PlayItBackX2`` and ``encoder_pretrain`` (configs/Demo, the defaults), ``MViTv2_B`` and ``PlayItBackX3``
+(the shipped configs/VGG-Sound ones; a GPU's work). The loop logs every iteration (LOG_PERIOD 1): its ``dt`` (whole
+step, data wait included) and ``dt_data`` (time spent waiting for the batch). The first ``--warmup`` iterations
+(worker start-up, allocator warm-up) are dropped; the figures are over the next ``--iters``. ``loader_over_preloaded``
+is the target figure (at least 0.8); ``data_wait_fraction`` is dt_data / dt of the loader run. FLOPs per sample and
+MFU as in bench/model.py (``*_mfu`` where the device's peak is known or given with ``--peak-tflops``). Peak host
+memory: ``peak_rss_main_GB`` (the main process's high-water mark) and ``peak_rss_total_GB`` (main process plus
+workers, sampled every iteration with psutil); on CUDA, ``peak_device_memory_GB``.
 """
 from __future__ import annotations
 
@@ -40,13 +44,14 @@ from fvcore.common.config import CfgNode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.model import bench_device, machine  # noqa: E402
-from playitback.config import load_config  # noqa: E402
+from bench.model import AMP_OPTS, bench_device, machine, per_sample_flops  # noqa: E402
+from playitback.config import derived, load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
 from playitback.data.demo import make_demo_dataset  # noqa: E402
 from playitback.engine.trainer import (  # noqa: E402
     StopRequest,
     TrainState,
+    amp_dtype,
     build_task,
     build_training_optimizer,
     first_batches,
@@ -54,8 +59,13 @@ from playitback.engine.trainer import (  # noqa: E402
     train_one_epoch,
 )
 from playitback.models import build_model  # noqa: E402
+from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
 
-CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml"}
+CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml",
+           "MViTv2_B": "configs/VGG-Sound/MViTv2_B.yaml", "PlayItBackX3": "configs/VGG-Sound/PlayItBackX3.yaml"}
+DEMO_CONFIGS = ["PlayItBackX2", "encoder_pretrain"]
+NUM_CLASSES = 8  # classes of the generated data (any count up to the model's works)
+AUTOCAST_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class StepRecorder:
@@ -93,17 +103,35 @@ def run_steps(cfg: CfgNode, batches: Iterable[dict[str, Any]], device: torch.dev
     return recorder
 
 
-def bench_config(name: str, data_root: Path, out_dir: Path, device: torch.device, workers: int, warmup: int,
-                 iters: int, batch: int) -> dict[str, Any]:
-    """Loader and pre-loaded throughput of one Demo config."""
-    cfg = load_config(str(REPO / CONFIGS[name]), [
-        "NUM_GPUS", "1" if device.type == "cuda" else "0", "VGGSOUND.AUDIO_DATA_DIR", str(data_root / "audio"),
-        "VGGSOUND.ANNOTATIONS_DIR", str(data_root / "annotations"), "DATA_LOADER.NUM_WORKERS", str(workers),
-        "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", "1", "OUTPUT_DIR", str(out_dir / name),
-    ])
+def config_flops(cfg: CfgNode, device: torch.device) -> StepFlops:
+    """Per-sample FLOPs of the config's model, counted on random playbacks of the dataset's shapes."""
+    model = build_model(cfg).to(device)
+    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
+    flops = per_sample_flops(model, [torch.randn(1, frames0 * (i + 1), mels, device=device)
+                                     for i in range(derived.num_playbacks(cfg))])
+    del model
+    return flops
+
+
+def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, warmup: int, iters: int, batch: int,
+                 amp: str, peak: float | None) -> dict[str, Any]:
+    """Loader and pre-loaded throughput of one config on generated clips written under `work_dir`; `peak` is the
+    device's peak TFLOP/s for the MFU (None: the data sheet's for a known GPU)."""
     total = warmup + iters
+    opts = ["NUM_GPUS", "1" if device.type == "cuda" else "0", "DATA_LOADER.NUM_WORKERS", str(workers),
+            "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", "1", "OUTPUT_DIR", str(work_dir / "runs" / name),
+            *(AMP_OPTS[amp] if amp != "config" else [])]
+    cfg = load_config(str(REPO / CONFIGS[name]), opts)
+    data_root = work_dir / "data" / name
+    make_demo_dataset(data_root, num_classes=NUM_CLASSES, train_per_class=-(-total * batch // NUM_CLASSES),
+                      test_per_class=1, clip_secs=cfg.AUDIO_DATA.CLIP_SECS,
+                      sample_rate=cfg.AUDIO_DATA.SAMPLING_RATE, seed=0)
+    cfg.defrost()
+    cfg.VGGSOUND.AUDIO_DATA_DIR, cfg.VGGSOUND.ANNOTATIONS_DIR = str(data_root / "audio"), str(data_root / "annotations")
+    cfg.freeze()
     if device.type == "cpu":
         select_device(cfg)  # the trainer's thread policy: the cores are shared with the workers
+    flops = config_flops(cfg, device)
     dataset = build_dataset(cfg, "train")
     preloaded = list(first_batches(build_loader(cfg, dataset, "train"), total))
     if len(preloaded) < total:
@@ -113,13 +141,21 @@ def bench_config(name: str, data_root: Path, out_dir: Path, device: torch.device
     runs = {"preloaded": run_steps(cfg, preloaded, device, total)}
     del preloaded
     runs["loader"] = run_steps(cfg, first_batches(build_loader(cfg, dataset, "train"), total), device, total)
+    autocast = AUTOCAST_NAMES[amp_dtype(cfg, device)]
+    if peak is None and device.type == "cuda":
+        peak = peak_tflops(torch.cuda.get_device_name(device), autocast)
     result: dict[str, Any] = {"config": CONFIGS[name], "workers": workers, "batch": batch,
-                              "frontend": "device" if "waveform" in dataset[0] else "workers"}
+                              "frontend": "device" if "waveform" in dataset[0] else "workers", "autocast": autocast,
+                              "peak_tflops": peak, "train_step_gflops_per_sample": round(flops.train_step / 1e9, 3)}
     for run_name, recorder in runs.items():
         steps = recorder.steps[warmup:]
         step_s = statistics.median(dt for dt, _ in steps)
+        mean_step_s = sum(dt for dt, _ in steps) / len(steps)
         result[f"{run_name}_step_ms"] = round(step_s * 1e3, 1)
-        result[f"{run_name}_samples_per_s"] = round(batch * len(steps) / sum(dt for dt, _ in steps), 1)
+        result[f"{run_name}_samples_per_s"] = round(batch / mean_step_s, 1)
+        result[f"{run_name}_tflops_per_s"] = round(flops.train_step * batch / mean_step_s / 1e12, 4)
+        if peak:
+            result[f"{run_name}_mfu"] = round(model_flops_utilisation(flops.train_step * batch, mean_step_s, peak), 4)
         result[f"{run_name}_peak_rss_total_GB"] = round(recorder.peak_rss_total / 2**30, 3)
     loader_steps = runs["loader"].steps[warmup:]
     result["data_wait_fraction"] = round(sum(d for _, d in loader_steps) / sum(dt for dt, _ in loader_steps), 3)
@@ -131,28 +167,27 @@ def bench_config(name: str, data_root: Path, out_dir: Path, device: torch.device
 
 
 def main() -> None:
-    """Generate the demo data, time both configs and print the JSON line."""
+    """Time every asked config on its generated data and print the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the front-end moves to the device on cuda)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the loader run")
     parser.add_argument("--batch", type=int, default=32, help="clips per batch (the demo's TRAIN.BATCH_SIZE)")
     parser.add_argument("--warmup", type=int, default=2, help="iterations dropped from the figures")
     parser.add_argument("--iters", type=int, default=6, help="iterations timed")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEMO_CONFIGS, choices=list(CONFIGS))
+    parser.add_argument("--amp", default="config", choices=["config", *AMP_OPTS],
+                        help="autocast of the training step (config: the config's TRAIN.MIXED_PRECISION/AMP_DTYPE)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak TFLOP/s of the device for the autocast dtype (default: data sheet of known GPUs)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the main process (default: the trainer's policy, cores / (workers + 1))")
     args = parser.parse_args()
     device = bench_device(parser, args.device, args.threads)
-    num_classes = 8
-    per_class = -(-(args.warmup + args.iters) * args.batch // num_classes)
     results = []
     with tempfile.TemporaryDirectory(prefix="playitback_bench_train_") as tmp:
-        root = Path(tmp)
-        make_demo_dataset(root / "data", num_classes=num_classes, train_per_class=per_class, test_per_class=1,
-                          clip_secs=4.0, seed=0)
         for name in args.configs:
-            results.append({"model": name, **bench_config(name, root / "data", root / "runs", device, args.workers,
-                                                          args.warmup, args.iters, args.batch)})
+            results.append({"model": name, **bench_config(name, Path(tmp), device, args.workers, args.warmup,
+                                                          args.iters, args.batch, args.amp, args.peak_tflops)})
     print(json.dumps({
         "bench": "train", "device": str(device), "warmup": args.warmup, "iters": args.iters, **machine(),
         "peak_rss_main_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

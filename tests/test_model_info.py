@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from engine_utils import TINY_MODEL
 from playitback.config import derived, load_config
 from playitback.models import build_model
+from playitback.utils.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -31,7 +32,7 @@ def tiny_info() -> dict:
 
 def test_linear_flops_are_the_hand_computed_multiply_adds() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    report = model_info.count_flops(model, (torch.randn(3, 8),))
+    report = count_flops(model, (torch.randn(3, 8),))
     assert report.by_module["0"] == 3 * 8 * 16
     assert report.by_module["2"] == 3 * 16 * 4
     assert report.total == 3 * (8 * 16 + 16 * 4)
@@ -45,7 +46,7 @@ class _Attention(nn.Module):
 
 def test_attention_flops_count_both_matrix_products() -> None:
     q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 6)
-    report = model_info.count_flops(_Attention(), (q, k, v))
+    report = count_flops(_Attention(), (q, k, v))
     assert report.total == 2 * 3 * 5 * 7 * 4 + 2 * 3 * 5 * 7 * 6  # Q K^T, then A V
     assert "aten::scaled_dot_product_attention" not in report.unsupported
 

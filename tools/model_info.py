@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from fvcore.common.config import CfgNode
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,55 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from playitback.config import ConfigError, derived, load_config  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 from playitback.models.playitback import PlayItBack  # noqa: E402
-
-
-def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore rule for ``aten::scaled_dot_product_attention``: multiply-adds of ``Q K^T`` and of ``A V``.
-
-    With query [..., L, E], key [..., M, E] and value [..., M, Ev] (leading dims broadcast), that is
-    ``prod(...) * L * M * (E + Ev)``. The softmax and scaling are element-wise and, as everywhere in fvcore, not
-    counted.
-    """
-    query, key, value = (get_shape(v) for v in inputs[:3])
-    batch = math.prod(torch.broadcast_shapes(tuple(query[:-2]), tuple(key[:-2])))
-    return batch * query[-2] * key[-2] * (query[-1] + value[-1])
-
-
-@dataclass(frozen=True)
-class FlopReport:
-    """FLOPs (multiply-adds) of one module call.
-
-    Attributes:
-        total: All counted FLOPs.
-        by_module: FLOPs per submodule name ("" is the module itself, all calls of a submodule summed).
-        unsupported: Call counts of operators fvcore has no rule for (not counted in `total`).
-    """
-
-    total: int
-    by_module: dict[str, int]
-    unsupported: dict[str, int]
-
-
-def count_flops(module: nn.Module, inputs: tuple[Any, ...]) -> FlopReport:
-    """Count the FLOPs of ``module(*inputs)`` with fvcore (eval mode and no autograd are the caller's choice).
-
-    Args:
-        module: Any module whose forward fvcore can trace (tensor, list-of-tensor or dict inputs and outputs).
-        inputs: The positional arguments of the forward.
-
-    Returns:
-        The :class:`FlopReport`.
-    """
-    analysis = (FlopCountAnalysis(module, inputs)
-                .set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-                .unsupported_ops_warnings(False)
-                .uncalled_modules_warnings(False)
-                .tracer_warnings("none"))
-    return FlopReport(
-        total=int(analysis.total()),
-        by_module={name: int(value) for name, value in analysis.by_module().items()},
-        unsupported=dict(analysis.unsupported_ops()),
-    )
+from playitback.utils.flops import count_flops  # noqa: E402
 
 
 def model_inputs(cfg: CfgNode, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:

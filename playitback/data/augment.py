@@ -120,14 +120,17 @@ def apply_spec_augment(spec: Tensor, params: SpecAugmentParams) -> Tensor:
     """
     batch, num_frames, num_bins = spec.shape
     device = spec.device
-    positions = time_warp_positions(num_frames, params.warp_centre.to(device), params.warp_shift.to(device))
+    positions = time_warp_positions(num_frames, params.warp_centre.to(device, non_blocking=True),
+                                    params.warp_shift.to(device, non_blocking=True))
     lower = positions.floor()
     weight = (positions - lower).to(spec.dtype)[..., None]  # [B, T, 1]
     lower_index = lower.long()
     upper_index = (lower_index + 1).clamp(max=num_frames - 1)
     warped = _frames_at(spec, lower_index) * (1 - weight) + _frames_at(spec, upper_index) * weight
-    masked = (_interval_mask(num_bins, params.freq_starts.to(device), params.freq_widths.to(device))[:, None, :]
-              | _interval_mask(num_frames, params.time_starts.to(device), params.time_widths.to(device))[:, :, None])
+    masked = (_interval_mask(num_bins, params.freq_starts.to(device, non_blocking=True),
+                             params.freq_widths.to(device, non_blocking=True))[:, None, :]
+              | _interval_mask(num_frames, params.time_starts.to(device, non_blocking=True),
+                               params.time_widths.to(device, non_blocking=True))[:, :, None])
     mean = warped.mean(dim=(1, 2), keepdim=True)
     return torch.where(masked, mean, warped)
 
@@ -293,4 +296,6 @@ class MixUp:
                     f"MixUp expects playback i as [B, T0 * (i + 1), F] with B = {labels.shape[0]} labels; "
                     f"playback {i} has shape {tuple(p.shape)} (T0 = {frames0})"
                 )
-        return self.apply(playbacks, self.targets(labels), self.draw(frames0, playbacks[0].shape[2], generator))
+        # Soft targets are built where the labels are (the host, in training) and copied without a wait.
+        targets = self.targets(labels).to(playbacks[0].device, non_blocking=True)
+        return self.apply(playbacks, targets, self.draw(frames0, playbacks[0].shape[2], generator))

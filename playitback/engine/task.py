@@ -5,6 +5,7 @@ MixUp, autocast, the loss), so the training loop stays free of model- or dataset
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,9 @@ class ClassificationTask:
             if self.pyramid is None:
                 raise ValueError("the batch holds waveforms but the task has no front-end (pyramid) to render them")
             playbacks = self.pyramid(batch["waveform"].to(self.device, non_blocking=True))
-        labels = batch["label"].to(self.device, non_blocking=True)
+        # Targets are built (and labels range-checked) on the host, where the loader left the labels: a check on
+        # the device would stall the host until the device caught up, every step.
+        labels = batch["label"]
         if train and self.spec_augment_settings is not None:
             settings = self.spec_augment_settings
             playbacks = [
@@ -77,13 +80,15 @@ class ClassificationTask:
             ]
         if train and self.mixup is not None:
             return self.mixup(playbacks, labels, self.generator)
-        return playbacks, labels_to_targets(labels, self.class_counts, self.multi_label)
+        targets = labels_to_targets(labels, self.class_counts, self.multi_label)
+        return playbacks, targets.to(self.device, non_blocking=True)
 
     def step(self, batch: dict[str, Any], train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Forward one batch: (model outputs, loss dict, targets [B, K])."""
         playbacks, targets = self.inputs(batch, train)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=train and self.amp_dtype is not None):
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if train and self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
             outputs = self.model(playbacks)
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         return outputs, self.loss_fn(outputs, targets), targets

@@ -192,13 +192,6 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any process was asked to stop (every process must stop at the same step)."""
-        if du.get_world_size() == 1:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
-        return bool(du.all_reduce_sum(flag).item() > 0)
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Training.
@@ -347,7 +340,8 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
         replaced_items += batch["replaced"]
         _, losses, _ = task.step(batch, train=True)
         loss = losses["loss"]
-        if not _finite_everywhere(loss):
+        finite, stop_now = _step_agreement(loss, stop.requested)
+        if not finite:
             terms = {k: float(v) for k, v in losses.items()}
             where = f"epoch {state.epoch + 1}, iteration {state.iteration + 1}, clips {batch['index'].tolist()}"
             if cfg.TRAIN.ON_NONFINITE_LOSS == "raise":
@@ -382,7 +376,7 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
                      "eta": _eta(elapsed / max(window.count, 1), state, iters_per_epoch, solver.MAX_EPOCH)}
             writer.write(stats, step=state.global_step)
             window, tic, data_time = _Averager(), time.perf_counter(), 0.0
-        if stop.agreed(task.device):
+        if stop_now:
             break
         data_tic = time.perf_counter()
     progress.close()
@@ -392,10 +386,14 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
     return result
 
 
-def _finite_everywhere(loss: Tensor) -> bool:
-    """Whether the loss is finite in every process."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    return bool(du.all_reduce_sum(bad).item() == 0)
+def _step_agreement(loss: Tensor, stop_requested: bool) -> tuple[bool, bool]:
+    """(whether the loss is finite in every process, whether any process was asked to stop).
+
+    The step's only host synchronisation: both answers come from one all-reduce and one read."""
+    flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
+                         torch.full((), float(stop_requested), device=loss.device)])
+    nonfinite, stops = du.all_reduce_sum(flags).tolist()
+    return nonfinite == 0, stops > 0
 
 
 def _eta(seconds_per_iter: float, state: TrainState, iters_per_epoch: int, max_epoch: int) -> str:
