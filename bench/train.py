@@ -16,7 +16,8 @@ Configs: ``PlayItBackX2`` and ``encoder_pretrain`` (configs/Demo, the defaults),
 (the shipped configs/VGG-Sound ones; a GPU's work). The loop logs every iteration (LOG_PERIOD 1): its ``dt`` (whole
 step, data wait included) and ``dt_data`` (time spent waiting for the batch). The first ``--warmup`` iterations
 (worker start-up, allocator warm-up) are dropped; the figures are over the next ``--iters``. ``loader_over_preloaded``
-is the target figure (at least 0.8); ``data_wait_fraction`` is dt_data / dt of the loader run. FLOPs per sample and
+is the target figure (at least 0.8); ``data_wait_fraction`` is dt_data / dt of the loader run. ``--compile`` adds a
+third run, the pre-loaded batches with MODEL.COMPILE True (``compiled_preloaded_*``, ``compile_speedup``). FLOPs per sample and
 MFU as in bench/model.py (``*_mfu`` where the device's peak is known or given with ``--peak-tflops``). Peak host
 memory: ``peak_rss_main_GB`` (the main process's high-water mark) and ``peak_rss_total_GB`` (main process plus
 workers, sampled every iteration with psutil); on CUDA, ``peak_device_memory_GB``.
@@ -57,6 +58,8 @@ from playitback.engine.trainer import (  # noqa: E402
     first_batches,
     select_device,
     train_one_epoch,
+    unwrap,
+    wrap_model,
 )
 from playitback.models import build_model  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
@@ -94,8 +97,8 @@ class StepRecorder:
 def run_steps(cfg: CfgNode, batches: Iterable[dict[str, Any]], device: torch.device, iters: int) -> StepRecorder:
     """Train a fresh model of `cfg` on `batches` (`iters` of them) with the library's loop; returns the step times."""
     torch.manual_seed(cfg.RNG_SEED)
-    model = build_model(cfg).to(device)
-    optimizer = build_training_optimizer(cfg, model)
+    model = wrap_model(cfg, build_model(cfg), device)
+    optimizer = build_training_optimizer(cfg, unwrap(model))
     task = build_task(cfg, model, device, train=True)
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
     recorder = StepRecorder()
@@ -114,9 +117,10 @@ def config_flops(cfg: CfgNode, device: torch.device) -> StepFlops:
 
 
 def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, warmup: int, iters: int, batch: int,
-                 amp: str, peak: float | None) -> dict[str, Any]:
+                 amp: str, peak: float | None, compile_model: bool = False) -> dict[str, Any]:
     """Loader and pre-loaded throughput of one config on generated clips written under `work_dir`; `peak` is the
-    device's peak TFLOP/s for the MFU (None: the data sheet's for a known GPU)."""
+    device's peak TFLOP/s for the MFU (None: the data sheet's for a known GPU); `compile_model` adds a pre-loaded run
+    with MODEL.COMPILE True (its first warm-up step includes the compilation)."""
     total = warmup + iters
     opts = ["NUM_GPUS", "1" if device.type == "cuda" else "0", "DATA_LOADER.NUM_WORKERS", str(workers),
             "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", "1", "OUTPUT_DIR", str(work_dir / "runs" / name),
@@ -139,6 +143,11 @@ def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs = {"preloaded": run_steps(cfg, preloaded, device, total)}
+    if compile_model:
+        compiled_cfg = cfg.clone()
+        compiled_cfg.defrost()
+        compiled_cfg.MODEL.COMPILE = True
+        runs["compiled_preloaded"] = run_steps(compiled_cfg, preloaded, device, total)
     del preloaded
     runs["loader"] = run_steps(cfg, first_batches(build_loader(cfg, dataset, "train"), total), device, total)
     autocast = AUTOCAST_NAMES[amp_dtype(cfg, device)]
@@ -161,6 +170,9 @@ def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, 
     result["data_wait_fraction"] = round(sum(d for _, d in loader_steps) / sum(dt for dt, _ in loader_steps), 3)
     result["loader_over_preloaded"] = round(result["loader_samples_per_s"] / result["preloaded_samples_per_s"], 3)
     result["meets_0.8_target"] = result["loader_over_preloaded"] >= 0.8
+    if compile_model:
+        result["compile_speedup"] = round(result["compiled_preloaded_samples_per_s"]
+                                          / result["preloaded_samples_per_s"], 3)
     if device.type == "cuda":
         result["peak_device_memory_GB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return result
@@ -179,6 +191,8 @@ def main() -> None:
                         help="autocast of the training step (config: the config's TRAIN.MIXED_PRECISION/AMP_DTYPE)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak TFLOP/s of the device for the autocast dtype (default: data sheet of known GPUs)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also train the pre-loaded batches with MODEL.COMPILE True (compile_speedup)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the main process (default: the trainer's policy, cores / (workers + 1))")
     args = parser.parse_args()
@@ -187,7 +201,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="playitback_bench_train_") as tmp:
         for name in args.configs:
             results.append({"model": name, **bench_config(name, Path(tmp), device, args.workers, args.warmup,
-                                                          args.iters, args.batch, args.amp, args.peak_tflops)})
+                                                          args.iters, args.batch, args.amp, args.peak_tflops,
+                                                          args.compile)})
     print(json.dumps({
         "bench": "train", "device": str(device), "warmup": args.warmup, "iters": args.iters, **machine(),
         "peak_rss_main_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

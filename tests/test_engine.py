@@ -140,6 +140,29 @@ def test_bf16_autocast_and_tensorboard(data: Path, tmp_path: Path) -> None:
     assert list((tmp_path / "runs-vggsound").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_model_compile_trains_like_eager_and_tests_from_its_checkpoint(uninterrupted: Path, data: Path,
+                                                                        tmp_path: Path, backend: str) -> None:
+    """MODEL.COMPILE wraps the model in torch.compile for training and evaluation: the same run as `uninterrupted`
+    ends with the same weights and metrics up to float reassociation, and its checkpoints hold the plain module's
+    keys, so a test in a fresh process (compiled too) equals the end-of-training evaluation."""
+    compile_opts = ["MODEL.COMPILE", "True", "MODEL.COMPILE_BACKEND", backend]
+    opts = run_opts(data, tmp_path, epochs=3, workers=2) + compile_opts
+    run_net(PLAYITBACK, opts)
+    eager, compiled = _final_weights(uninterrupted), _final_weights(tmp_path)
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], atol=1e-3, rtol=1e-2, msg=key)
+    val_eager, val_compiled = metrics(uninterrupted, "val_epoch")[-1], metrics(tmp_path, "val_epoch")[-1]
+    for key in METRIC_KEYS:
+        assert val_compiled[key] == pytest.approx(val_eager[key], abs=1e-3), key
+    run_net(PLAYITBACK, opts + ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.NUM_ENSEMBLE_VIEWS", "1",
+                                "TEST.CHECKPOINT_SELECT", "last"])
+    test = metrics(tmp_path, "test_final")[-1]
+    for key in METRIC_KEYS:
+        assert test[key] == pytest.approx(val_compiled[key], abs=1e-5), key
+
+
 def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
     from playitback.config import load_config
     from playitback.models import build_model

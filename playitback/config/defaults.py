@@ -108,8 +108,13 @@ _C.MODEL.AUX_LOSS_WEIGHT = 0.1
 _C.MODEL.RANK_LOSS_WEIGHT = 0.1
 # Margin of the saliency ranking loss (true-class probability, positive minus negative pooling).
 _C.MODEL.RANK_MARGIN = 0.05
-# Compile the model with torch.compile.
+# Compile the model with torch.compile (training and evaluation).
 _C.MODEL.COMPILE = False
+# torch.compile backend: inductor (generates kernels) | aot_eager or eager (capture only, to debug a compile problem)
+# | cudagraphs.
+_C.MODEL.COMPILE_BACKEND = "inductor"
+# inductor mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs.
+_C.MODEL.COMPILE_MODE = "default"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Temporal saliency (slot attention), one module per playback.

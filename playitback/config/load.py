@@ -226,6 +226,12 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("best", "last"))
     _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
     _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
+    _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, ("inductor", "aot_eager", "eager", "cudagraphs"))
+    _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE,
+            ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    if cfg.MODEL.COMPILE_MODE != "default" and cfg.MODEL.COMPILE_BACKEND != "inductor":
+        errors.append(f"MODEL.COMPILE_MODE {cfg.MODEL.COMPILE_MODE!r} is an inductor mode; set MODEL.COMPILE_BACKEND "
+                      f"inductor or MODEL.COMPILE_MODE default (backend {cfg.MODEL.COMPILE_BACKEND!r})")
 
     if cfg.MODEL.PLAYBACK < 0:
         errors.append(f"MODEL.PLAYBACK is {cfg.MODEL.PLAYBACK}; it counts replays and must be >= 0")

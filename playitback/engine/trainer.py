@@ -279,7 +279,9 @@ def _resume(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     return TrainState()
 
 
-def _wrap_model(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_model(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:
+    """The model as a run trains and evaluates it: on `device`, under DDP with several processes, compiled with
+    MODEL.COMPILE (MODEL.COMPILE_BACKEND, MODEL.COMPILE_MODE)."""
     model = model.to(device)
     if du.get_world_size() > 1:
         # Every trainable parameter gets a gradient at every step (the saliency trains through its own loss), so
@@ -287,7 +289,8 @@ def _wrap_model(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Modu
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=False)
     if cfg.MODEL.COMPILE:
-        model = torch.compile(model)
+        mode = cfg.MODEL.COMPILE_MODE
+        model = torch.compile(model, backend=cfg.MODEL.COMPILE_BACKEND, mode=None if mode == "default" else mode)
     return model
 
 
@@ -449,7 +452,7 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     model = build_model(cfg)
     if cfg.LOG_MODEL_INFO:
         logger.info("model %s: %s", cfg.MODEL.MODEL_NAME, json.dumps(count_parameters(model)))
-    model = _wrap_model(cfg, model, device)
+    model = wrap_model(cfg, model, device)
     optimizer = build_training_optimizer(cfg, unwrap(model))
     task = build_task(cfg, model, device, train=True)
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
@@ -610,7 +613,7 @@ def test(cfg: CfgNode) -> dict[str, float]:
                        "testing randomly initialised weights", cfg.OUTPUT_DIR)
     else:
         load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
-    model = _wrap_model(cfg, model, device)
+    model = wrap_model(cfg, model, device)
     task = build_task(cfg, model, device, train=False)
     test_set = build_dataset(cfg, "test")
     loader = build_loader(cfg, test_set, "test", rank, world)
