@@ -113,8 +113,9 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def size_configs(size: str, models: list[str], dtype: str = "fp32") -> dict[str, CfgNode]:
-    """The configs of a size: "encoder" and "X<k>" as asked, training under `dtype` autocast."""
+def size_configs(size: str, models: list[str], dtype: str = "fp32", on_gpu: bool = False) -> dict[str, CfgNode]:
+    """The configs of a size: "encoder" and "X<k>" as asked, training under `dtype` autocast (on a GPU, `on_gpu`,
+    with the front-end on the device as a run there has it)."""
     spec = SIZES[size]
     configs = {}
     for name in models:
@@ -127,7 +128,7 @@ def size_configs(size: str, models: list[str], dtype: str = "fp32") -> dict[str,
             extra = [] if "{k}" in spec["playitback"] else ["MODEL.PLAYBACK", str(replays),
                                                             "DECODER.DEPTH", str(replays + 1)]
         configs[name] = load_config(str(REPO / spec["dir"] / path),
-                                    ["NUM_GPUS", "0", *spec["opts"], *extra, *AMP_OPTS[dtype]])
+                                    ["NUM_GPUS", "1" if on_gpu else "0", *spec["opts"], *extra, *AMP_OPTS[dtype]])
     return configs
 
 
@@ -338,7 +339,7 @@ def main() -> None:
     peak = args.peak_tflops or (peak_tflops(info["gpu"], args.dtype) if device.type == "cuda" else None)
     results = []
     for size in sizes:
-        for name, cfg in size_configs(size, args.models, args.dtype).items():
+        for name, cfg in size_configs(size, args.models, args.dtype, device.type == "cuda").items():
             timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile,
                                   args.compile_mode if args.compile else None, args.sync_debug, peak)
             results.append({"size": size, "model": name, **timing})
