@@ -131,6 +131,25 @@ def test_video_through_ffmpeg(tmp_path: Path) -> None:
     _assert_sine(tmp_path / "out" / "tone.wav", 16000, 0.5)
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                    reason="ffmpeg is not installed on this machine: the video path of extract_audio cannot run")
+def test_mp4_with_a_video_stream_and_lossy_audio(tmp_path: Path) -> None:
+    """A real video file (MPEG-4 video, AAC audio at 44.1 kHz, as the datasets' YouTube clips): the audio track comes
+    out as 16 kHz mono with the tone's frequency and the clip's length (AAC adds its encoder delay, ~20 ms)."""
+    video = tmp_path / "src" / "clip.mp4"
+    video.parent.mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=duration=2:size=160x120:rate=10", "-f", "lavfi", "-i",
+                    f"sine=frequency={FREQ}:duration=2:sample_rate=44100", "-c:v", "mpeg4", "-c:a", "aac",
+                    "-shortest", str(video)], check=True)
+    assert extract_audio.main([str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    data, rate = sf.read(tmp_path / "out" / "clip.wav", dtype="float64")
+    assert rate == 16000 and data.ndim == 1
+    assert abs(len(data) / rate - 2.0) < 0.05
+    spectrum = np.abs(np.fft.rfft(data[4000:20000]))
+    assert np.argmax(spectrum) * rate / 16000 == pytest.approx(FREQ, abs=1.0)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int16"])
 def test_wav_to_hdf5_round_trip_through_the_reader(tmp_path: Path, dtype: str) -> None:
     _stereo_sine(tmp_path / "wav" / "P01_01.wav", 24000, 0.5)
