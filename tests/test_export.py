@@ -1,4 +1,5 @@
-"""tools/export.py: TorchScript and ONNX exports of a tiny random-weight PlayItBack match the PyTorch model."""
+"""tools/export.py: torch.export, ONNX and TorchScript exports of a tiny random-weight PlayItBack match the PyTorch
+model, with a dynamic batch."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from playitback.config import dump_config, load_config
 from playitback.inference import load_inference_model
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[export])")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install -e .[export])")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -56,6 +58,17 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(exported: dict, batch: int) -
     np.testing.assert_allclose(got_probs.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_exported_program_matches_pytorch_with_a_dynamic_batch(exported: dict, batch: int) -> None:
+    program = torch.export.load(str(exported["out"] / "model.pt2")).module()
+    inputs = export.example_inputs(exported["cfg"], batch, seed=11)
+    logits, probs = _reference(exported["model"], inputs)
+    with torch.no_grad():
+        got_logits, got_probs = program(*inputs)
+    np.testing.assert_allclose(got_logits.numpy(), logits, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got_probs.numpy(), probs, atol=1e-5, rtol=0)
+
+
 def test_torchscript_matches_pytorch(exported: dict) -> None:
     scripted = torch.jit.load(str(exported["out"] / "model.pt"))
     for batch in (3,):
@@ -70,24 +83,8 @@ def test_torchscript_matches_pytorch(exported: dict) -> None:
 def test_description_file(exported: dict) -> None:
     description = json.loads((exported["out"] / "export.json").read_text())
     assert [i["shape"] for i in description["inputs"]] == [["batch", 32, 32], ["batch", 64, 32], ["batch", 96, 32]]
-    assert description["class_counts"] == [5] and description["files"] == {"torchscript": "model.pt",
-                                                                            "onnx": "model.onnx"}
-
-
-@pytest.mark.parametrize("right", [True, False])
-def test_searchsorted_mapping_matches_torch(tmp_path: Path, right: bool) -> None:
-    class Search(torch.nn.Module):
-        def forward(self, sorted_rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-            return torch.searchsorted(sorted_rows, values, right=right)
-
-    sorted_rows = torch.tensor([[1, 3, 3, 6, 9], [0, 0, 2, 2, 2]])
-    values = torch.tensor([[0, 3, 6, 10, 4], [0, 2, 1, 5, 0]])
-    torch.onnx.register_custom_op_symbolic("aten::searchsorted", export._searchsorted_symbolic, export.ONNX_OPSET)
-    torch.onnx.export(Search(), (sorted_rows, values), str(tmp_path / "s.onnx"), opset_version=export.ONNX_OPSET,
-                      input_names=["s", "v"], dynamo=False)
-    session = onnxruntime.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"s": sorted_rows.numpy(), "v": values.numpy()})[0]
-    np.testing.assert_array_equal(got, torch.searchsorted(sorted_rows, values, right=right).numpy())
+    assert description["class_counts"] == [5] and description["files"] == {
+        "pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.pt"}
 
 
 def test_checkpoint_that_does_not_fit(exported: dict, capsys: pytest.CaptureFixture) -> None:

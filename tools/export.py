@@ -1,17 +1,15 @@
 #!/usr/bin/env python
-"""Export a trained PlayItBack (or encoder-only) model to TorchScript and/or ONNX for deployment.
+"""Export a trained PlayItBack (or encoder-only) model for deployment: torch.export (.pt2), ONNX and TorchScript.
 
 The exported graph is the eval-mode model from the S playback spectrograms to the fused logits and probabilities
 (softmax per task, sigmoid for multi-label data). The log-mel front-end is not part of it: compute the inputs with
 ``playitback.data.playback_pyramid`` (or any equivalent STFT/mel code), playback i shaped [B, T0 * (i + 1), F].
 
-ONNX has no searchsorted operator, which the replay step uses to find, for each output frame, the composite frame
-whose piece of the spliced timeline it reads. The exporter here maps ``aten::searchsorted`` to its exact equivalent
-for the small sorted rows involved: the count of row entries below (or, with right=True, at or below) each value,
-``ReduceSum(Cast(LessOrEqual(sorted[..., None, :], values[..., None])))``. Two losses of the TorchScript-based
-exporter are repaired as well: ``chunk`` is split by the size read at run time (with a dynamic batch the exporter no
-longer knows it), and float64 constants and casts it introduces are made float32 (:func:`float64_to_float32`). The
-model code is left unchanged.
+The model is captured once with ``torch.export`` (it has no data-dependent control flow or shapes, so the whole
+forward is one graph, with a symbolic batch dimension unless ``--batch`` fixes it). That program is saved as is
+(``model.pt2``, load with ``torch.export.load``) and converted to ONNX by PyTorch's torch.export-based exporter
+(``model.onnx``, opset 18; needs onnxscript). TorchScript (``model.pt``, a trace) is written too for runtimes that
+still read it. Every operator of the model has an ONNX equivalent, so no custom mapping is involved.
 
 Examples:
     python tools/export.py --cfg configs/VGG-Sound/PlayItBackX2.yaml --checkpoint x2.pyth --out exported/
@@ -21,14 +19,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnx.numpy_helper
 import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
@@ -39,8 +35,8 @@ from playitback.config import ConfigError, derived, load_config  # noqa: E402
 from playitback.engine.checkpoint import CheckpointError  # noqa: E402
 from playitback.inference import load_inference_model, probabilities  # noqa: E402
 
-FORMATS = ("torchscript", "onnx")
-ONNX_OPSET = 17
+FORMATS = ("pt2", "onnx", "torchscript")
+ONNX_OPSET = 18
 OUTPUT_NAMES = ("logits", "probabilities")
 
 
@@ -73,50 +69,19 @@ def example_inputs(cfg: CfgNode, batch: int = 1, seed: int = 0) -> tuple[Tensor,
                  for i in range(derived.num_playbacks(cfg)))
 
 
-def _searchsorted_symbolic(g, sorted_sequence, values, out_int32, right, side, sorter):  # noqa: ANN001, ANN202
-    # count(sorted < v) is searchsorted(side="left"), count(sorted <= v) is side="right", for rows sorted ascending.
-    from torch.onnx import symbolic_helper
-
-    side_name = symbolic_helper._maybe_get_const(side, "s")
-    is_right = bool(symbolic_helper._maybe_get_const(right, "b")) or side_name == "right"
-    minus_one = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.long))
-    minus_two = g.op("Constant", value_t=torch.tensor([-2], dtype=torch.long))
-    rows = g.op("Unsqueeze", sorted_sequence, minus_two)  # [..., 1, T]
-    cols = g.op("Unsqueeze", values, minus_one)  # [..., V, 1]
-    hit = g.op("LessOrEqual" if is_right else "Less", rows, cols)  # [..., V, T]
-    count = g.op("ReduceSum", g.op("Cast", hit, to_i=7), minus_one, keepdims_i=0)  # int64 [..., V]
-    return g.op("Cast", count, to_i=6) if symbolic_helper._maybe_get_const(out_int32, "b") else count
+def capture(wrapper: ExportedModel, inputs: tuple[Tensor, ...], dynamic_batch: bool) -> torch.export.ExportedProgram:
+    """``torch.export`` of the wrapper on example inputs, with a symbolic batch dimension shared by every playback
+    when `dynamic_batch`."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = {"playbacks": tuple({0: batch} for _ in inputs)} if dynamic_batch else None
+    with torch.no_grad():
+        return torch.export.export(wrapper, inputs, dynamic_shapes=shapes)
 
 
-def _chunk_symbolic(g, tensor, chunks, dim, _outputs=None):  # noqa: ANN001, ANN202
-    # The stock symbolic needs the chunked dimension's size at export time, which the tracer loses after the einsum
-    # of the decoder once the batch is dynamic; the size is read from the tensor's shape at run time instead.
-    from torch.onnx import symbolic_helper
-
-    chunks = symbolic_helper._get_const(chunks, "i", "chunks")
-    dim = symbolic_helper._get_const(dim, "i", "dim")
-    size = g.op("Gather", g.op("Shape", tensor), g.op("Constant", value_t=torch.tensor([dim], dtype=torch.long)),
-                axis_i=0)
-    part = g.op("Div", size, g.op("Constant", value_t=torch.tensor([chunks], dtype=torch.long)))
-    return g.op("Split", tensor, g.op("Concat", *([part] * chunks), axis_i=0), axis_i=dim, outputs=_outputs or chunks)
-
-
-def float64_to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Turn the float64 constants and casts of an exported graph into float32 (in place).
-
-    The TorchScript exporter loses the dtype of Resize outputs (F.interpolate in the saliency), so Python float
-    constants next to them (``1.0 - grid`` in the position embedding) are typed float64 and the float32 activations
-    are cast up to meet them; onnxruntime then rejects the graph (a LayerNormalization sees float64 and float32). The
-    PyTorch model computes in float32 throughout, so float32 is the type every one of them was meant to have.
-    """
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == onnx.TensorProto.DOUBLE:
-                attribute.i = onnx.TensorProto.FLOAT
-            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == onnx.TensorProto.DOUBLE:
-                value = onnx.numpy_helper.to_array(attribute.t).astype(np.float32)
-                attribute.t.CopyFrom(onnx.numpy_helper.from_array(value, attribute.t.name))
-    return model
+def export_program(program: torch.export.ExportedProgram, path: Path) -> Path:
+    """Save the captured program (``torch.export.load(path).module()`` runs it)."""
+    torch.export.save(program, str(path))
+    return path
 
 
 def export_torchscript(wrapper: ExportedModel, inputs: tuple[Tensor, ...], path: Path) -> Path:
@@ -127,18 +92,17 @@ def export_torchscript(wrapper: ExportedModel, inputs: tuple[Tensor, ...], path:
     return path
 
 
-def export_onnx(wrapper: ExportedModel, inputs: tuple[Tensor, ...], path: Path, dynamic_batch: bool) -> Path:
-    """ONNX (opset 17, TorchScript-based exporter) with searchsorted mapped as the module docstring explains."""
-    torch.onnx.register_custom_op_symbolic("aten::searchsorted", _searchsorted_symbolic, ONNX_OPSET)
-    torch.onnx.register_custom_op_symbolic("aten::unsafe_chunk", _chunk_symbolic, ONNX_OPSET)
-    names = [f"playback{i}" for i in range(len(inputs))]
-    axes = {name: {0: "batch"} for name in (*names, *OUTPUT_NAMES)} if dynamic_batch else None
-    with torch.no_grad():
-        torch.onnx.export(wrapper, inputs, str(path), input_names=names, output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
-    model = float64_to_float32(onnx.load(str(path)))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+def export_onnx(program: torch.export.ExportedProgram, num_inputs: int, path: Path) -> Path:
+    """ONNX (opset 18) of the captured program by PyTorch's torch.export-based exporter, checked by onnx's checker."""
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ValueError("ONNX export needs onnxscript (and onnx): pip install -e .[export], or leave out --format onnx")
+    import onnx
+
+    names = [f"playback{i}" for i in range(num_inputs)]
+    onnx_program = torch.onnx.export(program, input_names=names, output_names=list(OUTPUT_NAMES),
+                                     opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+    onnx_program.save(str(path))
+    onnx.checker.check_model(onnx.load(str(path)))
     return path
 
 
@@ -149,8 +113,9 @@ def export(cfg: CfgNode, checkpoint: str | Path | None, out_dir: str | Path, for
     Args:
         cfg: The config the checkpoint was trained with.
         checkpoint: Checkpoint file (every weight must fit), or None for random weights.
-        out_dir: Output folder: model.pt (TorchScript), model.onnx, and export.json describing the inputs.
-        formats: Any of "torchscript", "onnx".
+        out_dir: Output folder: model.pt2 (torch.export), model.onnx, model.pt (TorchScript), and export.json
+            describing the inputs.
+        formats: Any of "pt2", "onnx", "torchscript".
         batch: Fixed batch size, or None for a dynamic batch dimension (traced with batch 2).
 
     Returns:
@@ -165,10 +130,14 @@ def export(cfg: CfgNode, checkpoint: str | Path | None, out_dir: str | Path, for
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
+    if "pt2" in formats or "onnx" in formats:
+        program = capture(wrapper, inputs, dynamic_batch=batch is None)
+        if "pt2" in formats:
+            written["pt2"] = export_program(program, out_dir / "model.pt2")
+        if "onnx" in formats:
+            written["onnx"] = export_onnx(program, len(inputs), out_dir / "model.onnx")
     if "torchscript" in formats:
         written["torchscript"] = export_torchscript(wrapper, inputs, out_dir / "model.pt")
-    if "onnx" in formats:
-        written["onnx"] = export_onnx(wrapper, inputs, out_dir / "model.onnx", dynamic_batch=batch is None)
     description = {
         "inputs": [{"name": f"playback{i}", "shape": ["batch" if batch is None else batch, x.shape[1], x.shape[2]]}
                    for i, x in enumerate(inputs)],

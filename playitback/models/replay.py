@@ -73,7 +73,12 @@ def replay(composite: Tensor, finer: Tensor, mask: Tensor, ratio: int) -> Tensor
     total = piece_end[:, -1:]  # [B, 1], L_b
     out_frame = torch.arange(frames, device=composite.device)
     position = out_frame * total // frames  # [B, T0], timeline position read by each output frame
-    frame = torch.searchsorted(piece_end, position, right=True)  # [B, T0], composite frame owning that position
+    # The composite frame owning each position is the number of pieces that end at or before it (a searchsorted):
+    # a histogram of the piece ends over the timeline, cumulated and read at the position. Linear in the timeline
+    # length, exact, and made of operators that every exporter (TorchScript, torch.export, ONNX) has.
+    ends = torch.zeros(composite.shape[0], frames * ratio + 1, dtype=piece_end.dtype, device=piece_end.device)
+    ends.scatter_add_(1, piece_end, torch.ones_like(piece_end))  # [B, T0 * ratio + 1], pieces ending at each position
+    frame = ends.cumsum(dim=1).gather(1, position)  # [B, T0]
     offset = position - piece_end.gather(1, frame) + piece.gather(1, frame)  # [B, T0], position inside the piece
     # One stacked source [composite | finer] turns the two cases into a single row lookup.
     source = torch.cat([composite, finer], dim=1)  # [B, T0 * (1 + ratio), F]
