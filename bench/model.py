@@ -78,8 +78,9 @@ SIZES: dict[str, dict[str, Any]] = {
                  "opts": []},
 }
 FULL_SIZES = ["mvitv2_s", "mvitv2_b"]
-AMP_OPTS = {"fp32": ["TRAIN.MIXED_PRECISION", "False"], "bf16": ["TRAIN.AMP_DTYPE", "bfloat16"],
-            "fp16": ["TRAIN.AMP_DTYPE", "float16"]}
+AMP_OPTS = {"fp32": ["TRAIN.MIXED_PRECISION", "False"],
+            "bf16": ["TRAIN.MIXED_PRECISION", "True", "TRAIN.AMP_DTYPE", "bfloat16"],
+            "fp16": ["TRAIN.MIXED_PRECISION", "True", "TRAIN.AMP_DTYPE", "float16"]}
 
 
 def sync(device: torch.device) -> None:
@@ -102,14 +103,14 @@ def timed_seconds(run: Callable[[], Any], device: torch.device, warmup: int, ite
     return times
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """What the figures were measured on (the GPU: `device` when it is a CUDA device, else the first one)."""
     info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             # Other processes on the same cores slow multi-threaded CPU kernels a lot: record how busy it was.
             "load_average_1min": round(os.getloadavg()[0], 2)}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
     return info
 
 
@@ -157,20 +158,23 @@ def per_sample_flops(model: nn.Module, playbacks: list[Tensor]) -> StepFlops:
     return step_flops(model, report)
 
 
-def host_sync_check(run: Callable[[], Any]) -> str:
+def host_sync_check(run: Callable[[], Any], device: torch.device) -> str:
     """"ok" when `run` (called once to warm up, then again) makes no host-device synchronisation on the second call,
-    else the first line of the error that ``torch.cuda.set_sync_debug_mode("error")`` raised."""
+    else the first line of the error that ``torch.cuda.set_sync_debug_mode("error")`` raised (any other error, an
+    out-of-memory one for instance, propagates)."""
     run()
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     previous = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
     try:
         run()
     except RuntimeError as err:
+        if "synchroniz" not in str(err).lower() or isinstance(err, torch.OutOfMemoryError):
+            raise
         return str(err).strip().splitlines()[0]
     finally:
         torch.cuda.set_sync_debug_mode(previous)
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     return "ok"
 
 
@@ -194,7 +198,7 @@ def sync_checks(cfg: CfgNode, model: nn.Module, playbacks: list[Tensor], device:
         model.train()
         task.step(data, train=True)[1]["loss"].backward()
 
-    return {"eval_step": host_sync_check(eval_step), "train_step": host_sync_check(train_step)}
+    return {"eval_step": host_sync_check(eval_step, device), "train_step": host_sync_check(train_step, device)}
 
 
 def timing_figures(prefix: str, forward_times: list[float], train_times: list[float], batch: int, flops: StepFlops,
@@ -335,7 +339,7 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.full else 2)
     iters = args.iters or (2 if args.full else 5)
     sizes = args.sizes or (FULL_SIZES if args.full else ["demo", "small"])
-    info = machine()
+    info = machine(device)
     peak = args.peak_tflops or (peak_tflops(info["gpu"], args.dtype) if device.type == "cuda" else None)
     results = []
     for size in sizes:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py                      # CPU
     .venv/bin/python bench/run_all.py --device cuda        # the GPU protocol (below)
-    .venv/bin/python bench/run_all.py --only model train   # a subset
+    .venv/bin/python bench/run_all.py --only model train   # a subset (the other results of the machine are kept)
 
 Each benchmark runs in its own process and prints one JSON line; they are collected into
 ``bench/results/<machine>.json`` and ``bench/results/<machine>.md`` (one Markdown table per benchmark), where
@@ -12,11 +12,13 @@ fails is reported with its error output and the others still run; the exit statu
 The benchmarks and their arguments on a CPU / on a GPU (:data:`BENCHMARKS`):
 
 * ``frontend``: bench/frontend.py; the batched pyramid on the device on a GPU.
-* ``data``: bench/data.py.
+* ``data``: bench/data.py (decode and crop in the workers: 0/1/2 workers on a CPU, 0/4/8 at batch 64 on a GPU
+  machine).
 * ``model``: bench/model.py at the demo and small sizes (CPU, fp32); on a GPU the small and shipped sizes (MViTv2-S
   and -B, X1-X3) at batch 64 under bf16 autocast, with the host-synchronisation check (``--sync-debug``).
 * ``compile``: bench/model.py ``--compile``: eager against ``torch.compile`` side by side, the demo encoder and X2
-  (CPU, 1 thread), the shipped MViTv2-B encoder and X3 at batch 64, bf16 (GPU).
+  (CPU, 1 thread), the shipped MViTv2-B encoder and X1 at batch 64, bf16 (GPU; X1 keeps the cold compile of the
+  unrolled playbacks within minutes).
 * ``train``: bench/train.py, demo configs with 2 workers (CPU); the shipped MViTv2-B encoder pretraining and
   PlayItBackX3 with 8 workers, batch 64, bf16, 20 timed steps (GPU).
 """
@@ -38,11 +40,11 @@ RESULTS = REPO / "bench" / "results"
 CUDA = "cuda"  # replaced by the --device given (e.g. cuda:1)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "frontend": ("frontend.py", [], ["--device", CUDA]),
-    "data": ("data.py", [], ["--device", CUDA]),
+    "data": ("data.py", [], ["--workers", "0", "4", "8", "--batch", "64", "--clips", "1024"]),
     "model": ("model.py", [], ["--device", CUDA, "--dtype", "bf16", "--sizes", "small", "mvitv2_s", "mvitv2_b",
                                "--batch", "64", "--sync-debug"]),
     "compile": ("model.py", ["--sizes", "demo", "--models", "encoder", "X2", "--threads", "1", "--compile"],
-                ["--device", CUDA, "--dtype", "bf16", "--sizes", "mvitv2_b", "--models", "encoder", "X3", "--batch",
+                ["--device", CUDA, "--dtype", "bf16", "--sizes", "mvitv2_b", "--models", "encoder", "X1", "--batch",
                  "64", "--compile"]),
     "train": ("train.py", [], ["--device", CUDA, "--configs", "MViTv2_B", "PlayItBackX3", "--workers", "8", "--batch",
                                "64", "--amp", "bf16", "--iters", "20"]),
@@ -81,13 +83,18 @@ def bench_command(name: str, device: str) -> list[str]:
     return [sys.executable, str(REPO / "bench" / script), *args]
 
 
-def run_benchmark(name: str, device: str) -> dict[str, Any]:
-    """Run one benchmark and return its JSON line (plus the command and wall time), or the error it gave."""
+def run_benchmark(name: str, device: str, timeout_s: float) -> dict[str, Any]:
+    """Run one benchmark and return its JSON line (plus the command and wall time), or the error it gave (a run past
+    `timeout_s` seconds is stopped and reported as an error)."""
     command = bench_command(name, device)
-    start = time.perf_counter()
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    seconds = round(time.perf_counter() - start, 1)
     shown = " ".join([".venv/bin/python", *command[1:]]).replace(str(REPO) + "/", "")
+    start = time.perf_counter()
+    try:
+        process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"bench": name, "command": shown, "wall_s": round(time.perf_counter() - start, 1),
+                "error": f"stopped after {timeout_s:.0f} s (--timeout)"}
+    seconds = round(time.perf_counter() - start, 1)
     lines = [line for line in process.stdout.splitlines() if line.startswith("{")]
     if process.returncode != 0 or not lines:
         return {"bench": name, "command": shown, "wall_s": seconds, "error": process.stderr[-3000:] or "no JSON line"}
@@ -176,18 +183,23 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
                         help="benchmarks to run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one benchmark may run")
     args = parser.parse_args()
     machine = machine_name(args.device)
-    results = {}
+    saved = args.out / f"{machine}.json"
+    # With --only, the other benchmarks' earlier results of this machine are kept (in the usual order).
+    earlier = {k: v for k, v in json.loads(saved.read_text()).items() if k in BENCHMARKS} if saved.is_file() else {}
+    fresh = {}
     for name in args.only:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_benchmark(name, args.device)
+        fresh[name] = run_benchmark(name, args.device, args.timeout)
+    results = {name: fresh.get(name, earlier.get(name)) for name in BENCHMARKS if name in fresh or name in earlier}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{machine}.json").write_text(json.dumps({"machine": machine, **results}, indent=1) + "\n")
+    saved.write_text(json.dumps({"machine": machine, **results}, indent=1) + "\n")
     table = markdown(machine, results)
     (args.out / f"{machine}.md").write_text(table)
     print(table)
-    return 1 if any("error" in result for result in results.values()) else 0
+    return 1 if any("error" in result for result in fresh.values()) else 0
 
 
 if __name__ == "__main__":

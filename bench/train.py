@@ -13,9 +13,11 @@ optimiser and parameter groups, twice:
 * ``preloaded``: the same batches, read once beforehand and kept in memory (no data time at all).
 
 Configs: ``PlayItBackX2`` and ``encoder_pretrain`` (configs/Demo, the defaults), ``MViTv2_B`` and ``PlayItBackX3``
-(the shipped configs/VGG-Sound ones; a GPU's work). The loop logs every iteration (LOG_PERIOD 1): its ``dt`` (whole
-step, data wait included) and ``dt_data`` (time spent waiting for the batch). The first ``--warmup`` iterations
-(worker start-up, allocator warm-up) are dropped; the figures are over the next ``--iters``. ``loader_over_preloaded``
+(the shipped configs/VGG-Sound ones; a GPU's work). The loop logs every ``--warmup`` iterations (LOG_PERIOD): the
+window's mean ``dt`` (whole step, data wait included, measured after the device finished the window's work) and
+``dt_data`` (time spent waiting for the batch). The first window, the ``--warmup`` iterations of worker start-up and
+allocator warm-up, is dropped; the figures are over the next ``--iters`` (``*_step_ms`` is the median of the windows'
+mean steps). Reading the logged losses waits for the device once per window, as LOG_PERIOD does in a real run. ``loader_over_preloaded``
 is the target figure (at least 0.8); ``data_wait_fraction`` is dt_data / dt of the loader run. ``--compile`` adds a
 third run, the pre-loaded batches with MODEL.COMPILE True (``compiled_preloaded_*``, ``compile_speedup``). FLOPs per sample and
 MFU as in bench/model.py (``*_mfu`` where the device's peak is known or given with ``--peak-tflops``). Peak host
@@ -72,15 +74,18 @@ AUTOCAST_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class StepRecorder:
-    """Stands in for the trainer's MetricWriter: keeps each iteration's dt and dt_data and samples host memory."""
+    """Stands in for the trainer's MetricWriter: keeps each logging window's steps, mean dt and mean dt_data (from the
+    train_iter records) and samples host memory."""
 
     def __init__(self) -> None:
-        self.steps: list[tuple[float, float]] = []
+        self.windows: list[tuple[int, int, float, float]] = []  # (first iteration, steps, dt, dt_data)
         self.peak_rss_total = 0
 
     def write(self, stats: dict[str, Any], step: int | None = None) -> None:
         if stats.get("split") == "train_iter":
-            self.steps.append((stats["dt"], stats["dt_data"]))
+            last = int(stats["iter"].split("/")[0])
+            first = self.windows[-1][0] + self.windows[-1][1] if self.windows else 0
+            self.windows.append((first, last - first, stats["dt"], stats["dt_data"]))
             process = psutil.Process()
             rss = process.memory_info().rss
             for child in process.children(recursive=True):
@@ -106,6 +111,14 @@ def run_steps(cfg: CfgNode, batches: Iterable[dict[str, Any]], device: torch.dev
     return recorder
 
 
+def timed_windows(recorder: StepRecorder, warmup: int) -> list[tuple[int, float, float]]:
+    """(steps, mean dt, mean dt_data) of the logging windows after the first `warmup` iterations."""
+    windows = [(steps, dt, data) for first, steps, dt, data in recorder.windows if first >= warmup]
+    if not windows:
+        raise ValueError(f"no logging window after the {warmup} warm-up iterations; raise --iters")
+    return windows
+
+
 def config_flops(cfg: CfgNode, device: torch.device) -> StepFlops:
     """Per-sample FLOPs of the config's model, counted on random playbacks of the dataset's shapes."""
     model = build_model(cfg).to(device)
@@ -123,7 +136,7 @@ def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, 
     with MODEL.COMPILE True (its first warm-up step includes the compilation)."""
     total = warmup + iters
     opts = ["NUM_GPUS", "1" if device.type == "cuda" else "0", "DATA_LOADER.NUM_WORKERS", str(workers),
-            "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", "1", "OUTPUT_DIR", str(work_dir / "runs" / name),
+            "TRAIN.BATCH_SIZE", str(batch), "LOG_PERIOD", str(max(warmup, 1)), "OUTPUT_DIR", str(work_dir / "runs" / name),
             *(AMP_OPTS[amp] if amp != "config" else [])]
     cfg = load_config(str(REPO / CONFIGS[name]), opts)
     data_root = work_dir / "data" / name
@@ -157,17 +170,18 @@ def bench_config(name: str, work_dir: Path, device: torch.device, workers: int, 
                               "frontend": "device" if "waveform" in dataset[0] else "workers", "autocast": autocast,
                               "peak_tflops": peak, "train_step_gflops_per_sample": round(flops.train_step / 1e9, 3)}
     for run_name, recorder in runs.items():
-        steps = recorder.steps[warmup:]
-        step_s = statistics.median(dt for dt, _ in steps)
-        mean_step_s = sum(dt for dt, _ in steps) / len(steps)
+        windows = timed_windows(recorder, warmup)
+        step_s = statistics.median(dt for _, dt, _ in windows)
+        mean_step_s = sum(steps * dt for steps, dt, _ in windows) / sum(steps for steps, _, _ in windows)
         result[f"{run_name}_step_ms"] = round(step_s * 1e3, 1)
         result[f"{run_name}_samples_per_s"] = round(batch / mean_step_s, 1)
         result[f"{run_name}_tflops_per_s"] = round(flops.train_step * batch / mean_step_s / 1e12, 4)
         if peak:
             result[f"{run_name}_mfu"] = round(model_flops_utilisation(flops.train_step * batch, mean_step_s, peak), 4)
         result[f"{run_name}_peak_rss_total_GB"] = round(recorder.peak_rss_total / 2**30, 3)
-    loader_steps = runs["loader"].steps[warmup:]
-    result["data_wait_fraction"] = round(sum(d for _, d in loader_steps) / sum(dt for dt, _ in loader_steps), 3)
+    loader = timed_windows(runs["loader"], warmup)
+    result["data_wait_fraction"] = round(sum(steps * data for steps, _, data in loader)
+                                         / sum(steps * dt for steps, dt, _ in loader), 3)
     result["loader_over_preloaded"] = round(result["loader_samples_per_s"] / result["preloaded_samples_per_s"], 3)
     result["meets_0.8_target"] = result["loader_over_preloaded"] >= 0.8
     if compile_model:
@@ -204,7 +218,7 @@ def main() -> None:
                                                           args.iters, args.batch, args.amp, args.peak_tflops,
                                                           args.compile)})
     print(json.dumps({
-        "bench": "train", "device": str(device), "warmup": args.warmup, "iters": args.iters, **machine(),
+        "bench": "train", "device": str(device), "warmup": args.warmup, "iters": args.iters, **machine(device),
         "peak_rss_main_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "results": results,
     }))

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from playitback.utils.transfer import to_device
+
 
 @dataclass(frozen=True)
 class SpecAugmentParams:
@@ -120,17 +122,17 @@ def apply_spec_augment(spec: Tensor, params: SpecAugmentParams) -> Tensor:
     """
     batch, num_frames, num_bins = spec.shape
     device = spec.device
-    positions = time_warp_positions(num_frames, params.warp_centre.to(device, non_blocking=True),
-                                    params.warp_shift.to(device, non_blocking=True))
+    positions = time_warp_positions(num_frames, to_device(params.warp_centre, device),
+                                    to_device(params.warp_shift, device))
     lower = positions.floor()
     weight = (positions - lower).to(spec.dtype)[..., None]  # [B, T, 1]
     lower_index = lower.long()
     upper_index = (lower_index + 1).clamp(max=num_frames - 1)
     warped = _frames_at(spec, lower_index) * (1 - weight) + _frames_at(spec, upper_index) * weight
-    masked = (_interval_mask(num_bins, params.freq_starts.to(device, non_blocking=True),
-                             params.freq_widths.to(device, non_blocking=True))[:, None, :]
-              | _interval_mask(num_frames, params.time_starts.to(device, non_blocking=True),
-                               params.time_widths.to(device, non_blocking=True))[:, :, None])
+    masked = (_interval_mask(num_bins, to_device(params.freq_starts, device),
+                             to_device(params.freq_widths, device))[:, None, :]
+              | _interval_mask(num_frames, to_device(params.time_starts, device),
+                               to_device(params.time_widths, device))[:, :, None])
     mean = warped.mean(dim=(1, 2), keepdim=True)
     return torch.where(masked, mean, warped)
 
@@ -289,13 +291,17 @@ class MixUp:
             The mixed playbacks (S tensors [B, T0 * (i + 1), F], new tensors) and soft targets float32 [B, K],
             K = sum(class_counts).
         """
+        return self.mix(playbacks, to_device(self.targets(labels), playbacks[0].device), generator)
+
+    def mix(self, playbacks: list[Tensor], targets: Tensor, generator: torch.Generator | None = None
+            ) -> tuple[list[Tensor], Tensor]:
+        """Mix a batch of playback pyramids (S tensors [B, T0 * (i + 1), F]) and its soft targets [B, K] (built by
+        :meth:`targets`, on the playbacks' device); returns new tensors of the same shapes."""
         frames0 = playbacks[0].shape[1]
         for i, p in enumerate(playbacks):
-            if p.dim() != 3 or p.shape[1] != frames0 * (i + 1) or p.shape[0] != labels.shape[0]:
+            if p.dim() != 3 or p.shape[1] != frames0 * (i + 1) or p.shape[0] != targets.shape[0]:
                 raise ValueError(
-                    f"MixUp expects playback i as [B, T0 * (i + 1), F] with B = {labels.shape[0]} labels; "
+                    f"MixUp expects playback i as [B, T0 * (i + 1), F] with B = {targets.shape[0]} labels; "
                     f"playback {i} has shape {tuple(p.shape)} (T0 = {frames0})"
                 )
-        # Soft targets are built where the labels are (the host, in training) and copied without a wait.
-        targets = self.targets(labels).to(playbacks[0].device, non_blocking=True)
         return self.apply(playbacks, targets, self.draw(frames0, playbacks[0].shape[2], generator))

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from playitback.data.augment import MixUp, spec_augment
 from playitback.losses import PlayItBackLoss, labels_to_targets
+from playitback.utils.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,18 @@ class ClassificationTask:
     def inputs(self, batch: dict[str, Any], train: bool) -> tuple[list[Tensor], Tensor]:
         """(playbacks: S tensors [B, T0 * (i + 1), F] on the device, targets [B, K])."""
         if "playbacks" in batch:
-            playbacks = [p.to(self.device, non_blocking=True) for p in batch["playbacks"]]
+            playbacks = [to_device(p, self.device) for p in batch["playbacks"]]
         else:
             if self.pyramid is None:
                 raise ValueError("the batch holds waveforms but the task has no front-end (pyramid) to render them")
-            playbacks = self.pyramid(batch["waveform"].to(self.device, non_blocking=True))
+            playbacks = self.pyramid(to_device(batch["waveform"], self.device))
         # Targets are built (and labels range-checked) on the host, where the loader left the labels: a check on
         # the device would stall the host until the device caught up, every step.
-        labels = batch["label"]
+        if train and self.mixup is not None:
+            targets = self.mixup.targets(batch["label"])
+        else:
+            targets = labels_to_targets(batch["label"], self.class_counts, self.multi_label)
+        targets = to_device(targets, self.device)
         if train and self.spec_augment_settings is not None:
             settings = self.spec_augment_settings
             playbacks = [
@@ -79,9 +84,8 @@ class ClassificationTask:
                 for p in playbacks
             ]
         if train and self.mixup is not None:
-            return self.mixup(playbacks, labels, self.generator)
-        targets = labels_to_targets(labels, self.class_counts, self.multi_label)
-        return playbacks, targets.to(self.device, non_blocking=True)
+            return self.mixup.mix(playbacks, targets, self.generator)
+        return playbacks, targets
 
     def step(self, batch: dict[str, Any], train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Forward one batch: (model outputs, loss dict, targets [B, K])."""

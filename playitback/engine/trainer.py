@@ -372,9 +372,12 @@ def train_one_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dic
         state.global_step += 1
         progress.update()
         if state.iteration % cfg.LOG_PERIOD == 0 or state.iteration == iters_per_epoch:
+            # Reading the window waits for the device to finish its steps (backward and optimiser included), so the
+            # clock is read after it: on a GPU, dt is then the steps' real time, not the time to queue them.
+            window_means = window.read()
             elapsed = time.perf_counter() - tic
             stats = {"split": "train_iter", "epoch": f"{state.epoch + 1}/{solver.MAX_EPOCH}",
-                     "iter": f"{state.iteration}/{iters_per_epoch}", "lr": lr, **window.read(),
+                     "iter": f"{state.iteration}/{iters_per_epoch}", "lr": lr, **window_means,
                      "dt": elapsed / max(window.count, 1), "dt_data": data_time / max(window.count, 1),
                      "eta": _eta(elapsed / max(window.count, 1), state, iters_per_epoch, solver.MAX_EPOCH)}
             writer.write(stats, step=state.global_step)

@@ -26,6 +26,7 @@ from torch import nn
 # Dense (no structured sparsity) peak TFLOP/s from the vendors' data sheets, per autocast dtype; "fp32" is the plain
 # float32 rate (torch does not use TF32 for matmuls unless asked). Matched in order against the device name.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"H[12]00.*NVL", {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0}),
     (r"H200", {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),
     (r"H100.*PCIe", {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2}),
     (r"H100", {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9}),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
