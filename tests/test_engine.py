@@ -141,6 +141,48 @@ def test_bf16_autocast_and_tensorboard(data: Path, tmp_path: Path) -> None:
     assert list((tmp_path / "runs-vggsound").glob("events.out.tfevents.*"))
 
 
+class _AutocastProbe(torch.nn.Module):
+    """Records whether the forward ran under CPU autocast, and in which dtype."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, classes)
+        self.seen: list[torch.dtype | None] = []
+
+    def forward(self, playbacks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        enabled = torch.is_autocast_enabled("cpu")
+        self.seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
+        return {"logits": self.linear(playbacks[0].mean((1, 2))[:, None])}
+
+
+@pytest.mark.parametrize("train_amp, test_amp", [(True, True), (True, False), (False, True)])
+def test_training_and_evaluation_autocast_follow_their_own_switch(train_amp: bool, test_amp: bool) -> None:
+    from playitback.config import load_config
+    from playitback.engine.trainer import build_task
+
+    cfg = load_config(PLAYITBACK, ["NUM_GPUS", "0", "TRAIN.MIXED_PRECISION", str(train_amp), "TEST.MIXED_PRECISION",
+                                   str(test_amp), "TRAIN.AMP_DTYPE", "bfloat16", "MIXUP.ENABLE", "False",
+                                   "SPEC_AUGMENT.ENABLE", "False", "DATA.FRONTEND", "workers"])
+    probe = _AutocastProbe(cfg.MODEL.NUM_CLASSES)
+    task = build_task(cfg, probe, torch.device("cpu"), train=True)
+    batch = {"playbacks": [torch.randn(2, 64 * (i + 1), 128) for i in range(3)], "label": torch.tensor([0, 1])}
+    task.step(batch, train=True)
+    task.step(batch, train=False)
+    assert probe.seen == [torch.bfloat16 if train_amp else None, torch.bfloat16 if test_amp else None]
+
+
+def test_bf16_test_stays_close_to_the_fp32_test(uninterrupted: Path, data: Path, tmp_path: Path) -> None:
+    opts = run_opts(data, uninterrupted, epochs=3) + ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True",
+                                                      "TEST.NUM_ENSEMBLE_VIEWS", "1", "TEST.CHECKPOINT_SELECT", "last"]
+    run_net(PLAYITBACK, opts + ["OUTPUT_DIR", str(tmp_path), "TEST.CHECKPOINT_FILE_PATH",
+                                str(uninterrupted / "checkpoints" / "checkpoint_epoch_00003.pyth"),
+                                "TEST.MIXED_PRECISION", "True", "TRAIN.AMP_DTYPE", "bfloat16"])
+    fp32 = metrics(uninterrupted, "val_epoch")[-1]
+    bf16 = metrics(tmp_path, "test_final")[-1]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], abs=0.05)
+    assert bf16["mAP"] == pytest.approx(fp32["mAP"], abs=5.0)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_model_compile_trains_like_eager_and_tests_from_its_checkpoint(uninterrupted: Path, data: Path,
                                                                         tmp_path: Path, backend: str) -> None:

@@ -80,6 +80,8 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 10
 _C.TEST.SAVE_RESULTS_PATH = ""
 # Write OUTPUT_DIR/scores/segments.jsonl: the replayed segments (seconds) of every clip, view and playback.
 _C.TEST.SAVE_SEGMENTS = False
+# Autocast validation and testing with TRAIN.AMP_DTYPE (faster on a GPU; metrics can move in the last digits).
+_C.TEST.MIXED_PRECISION = False
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model.

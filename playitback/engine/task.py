@@ -42,13 +42,15 @@ class ClassificationTask:
         spec_augment_settings: SpecAugment in training, or None.
         mixup: MixUp/CutMix in training, or None.
         amp_dtype: autocast dtype in training, or None for fp32.
+        eval_amp_dtype: autocast dtype in evaluation, or None for fp32.
         generator: CPU generator of the augmentation randomness (its state is checkpointed).
     """
 
     def __init__(self, model: nn.Module, loss_fn: PlayItBackLoss, *, class_counts: Sequence[int], multi_label: bool,
                  device: torch.device, pyramid: nn.Module | None = None,
                  spec_augment_settings: SpecAugmentSettings | None = None, mixup: MixUp | None = None,
-                 amp_dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
+                 amp_dtype: torch.dtype | None = None, eval_amp_dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.class_counts = list(class_counts)
@@ -58,6 +60,7 @@ class ClassificationTask:
         self.spec_augment_settings = spec_augment_settings
         self.mixup = mixup
         self.amp_dtype = amp_dtype
+        self.eval_amp_dtype = eval_amp_dtype
         self.generator = generator if generator is not None else torch.Generator()
 
     def inputs(self, batch: dict[str, Any], train: bool) -> tuple[list[Tensor], Tensor]:
@@ -90,8 +93,8 @@ class ClassificationTask:
     def step(self, batch: dict[str, Any], train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
         """Forward one batch: (model outputs, loss dict, targets [B, K])."""
         playbacks, targets = self.inputs(batch, train)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if train and self.amp_dtype is not None
-                    else contextlib.nullcontext())
+        dtype = self.amp_dtype if train else self.eval_amp_dtype
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             outputs = self.model(playbacks)
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}

@@ -85,9 +85,10 @@ def select_device(cfg: CfgNode) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(cfg: CfgNode, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of training, or None (fp32). fp16 autocast is a GPU feature; the CPU uses bfloat16."""
-    if not cfg.TRAIN.MIXED_PRECISION:
+def amp_dtype(cfg: CfgNode, device: torch.device, train: bool = True) -> torch.dtype | None:
+    """Autocast dtype of training (TRAIN.MIXED_PRECISION) or evaluation (TEST.MIXED_PRECISION), or None (fp32), with
+    TRAIN.AMP_DTYPE. fp16 autocast is a GPU feature; the CPU uses bfloat16."""
+    if not (cfg.TRAIN.MIXED_PRECISION if train else cfg.TEST.MIXED_PRECISION):
         return None
     if device.type == "cpu":
         return torch.bfloat16 if cfg.TRAIN.AMP_DTYPE == "bfloat16" else None
@@ -115,6 +116,7 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
                     prob=mixup.PROB, switch_prob=mixup.SWITCH_PROB, label_smoothing=mixup.LABEL_SMOOTH_VALUE)
         if train and mixup.ENABLE else None,
         amp_dtype=amp_dtype(cfg, device) if train else None,
+        eval_amp_dtype=amp_dtype(cfg, device, train=False),
         generator=torch.Generator().manual_seed(cfg.RNG_SEED * 1000 + du.get_rank()),
     )
 
