@@ -112,6 +112,9 @@ _C.MODEL.RANK_LOSS_WEIGHT = 0.1
 _C.MODEL.RANK_MARGIN = 0.05
 # Compile the model with torch.compile (training and evaluation).
 _C.MODEL.COMPILE = False
+# Replay the annotated event frames (DATA.EVENTS_FILE) instead of the salient ones: an oracle that bounds what a
+# perfect saliency could gain. The saliency still runs and trains.
+_C.MODEL.REPLAY_EVENTS = False
 # torch.compile backend: inductor (generates kernels) | aot_eager or eager (capture only, to debug a compile problem)
 # | cudagraphs.
 _C.MODEL.COMPILE_BACKEND = "inductor"
@@ -224,6 +227,8 @@ _C.DATA.ENSEMBLE_METHOD = "sum"
 _C.DATA.FRONTEND = "auto"
 # Allow loading annotation pickles that need more than the pandas/numpy classes the safe loader accepts.
 _C.DATA.ALLOW_UNSAFE_PICKLE = False
+# CSV of annotated event spans (uid, event_start_s, event_stop_s): batches then carry each crop's event frames.
+_C.DATA.EVENTS_FILE = ""
 
 _C.AUDIO_DATA = CfgNode()
 # Rate the audio is read at (files at another rate are resampled).

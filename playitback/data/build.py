@@ -11,6 +11,7 @@ from playitback.config import derived
 from playitback.data.annotations import class_index_from_records, read_annotations, read_class_list
 from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
 from playitback.data.dataset import AudioClipDataset, LabelFormat, collate
+from playitback.data.events import EventFrames, load_event_spans
 from playitback.data.records import ClipRecord
 from playitback.data.sampler import EvalSampler, TrainSampler
 from playitback.data.spectrogram import PlaybackPyramid
@@ -102,6 +103,8 @@ def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = N
         pyramid=None if frontend_on_device(cfg) else build_pyramid(cfg),
         seed=cfg.RNG_SEED,
         skip_bad_files=skip_bad_files(cfg, split),
+        event_frames=EventFrames(load_event_spans(cfg.DATA.EVENTS_FILE), cfg.AUDIO_DATA.CLIP_SECS,
+                                 cfg.AUDIO_DATA.FRAMES0) if cfg.DATA.EVENTS_FILE else None,
     )
 
 

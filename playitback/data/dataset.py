@@ -69,6 +69,7 @@ class AudioClipDataset(Dataset):
         "playbacks": list of S float32 tensors [T0 * (i + 1), F] (the pyramid computed in the worker);
         "label": see :class:`LabelFormat`; "index": record index; "view": test view;
         "crop_start_s": where the crop starts, in seconds from the start of the audio file;
+        "event_mask": bool [T0], the frames of playback 0 inside an annotated event (only with `event_frames`);
         "skipped": names of bad files replaced by this item (ON_BAD_FILE skip), usually empty.
 
     In test mode the dataset has len(records) * num_views items; item j is view j % V of record j // V.
@@ -89,6 +90,7 @@ class AudioClipDataset(Dataset):
         seed: int = 0,
         skip_bad_files: bool = False,
         max_substitutes: int = 10,
+        event_frames: Callable[[ClipRecord, float], torch.Tensor] | None = None,
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be train, val or test, not {mode!r}")
@@ -105,6 +107,7 @@ class AudioClipDataset(Dataset):
         self.pyramid = pyramid
         self.seed = seed
         self.skip_bad_files = skip_bad_files
+        self.event_frames = event_frames
         self.max_substitutes = max_substitutes
         self.epoch = 0
 
@@ -148,6 +151,8 @@ class AudioClipDataset(Dataset):
             "crop_start_s": crop_start_s,
             "skipped": skipped,
         }
+        if self.event_frames is not None:
+            out["event_mask"] = self.event_frames(record, crop_start_s)
         wave = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
         if self.pyramid is None:
             out["waveform"] = wave

@@ -43,6 +43,7 @@ class ClassificationTask:
         mixup: MixUp/CutMix in training, or None.
         amp_dtype: autocast dtype in training, or None for fp32.
         eval_amp_dtype: autocast dtype in evaluation, or None for fp32.
+        replay_events: pass the batches' "event_mask" to the model as the frames to replay (an oracle).
         generator: CPU generator of the augmentation randomness (its state is checkpointed).
     """
 
@@ -50,7 +51,7 @@ class ClassificationTask:
                  device: torch.device, pyramid: nn.Module | None = None,
                  spec_augment_settings: SpecAugmentSettings | None = None, mixup: MixUp | None = None,
                  amp_dtype: torch.dtype | None = None, eval_amp_dtype: torch.dtype | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 replay_events: bool = False, generator: torch.Generator | None = None) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.class_counts = list(class_counts)
@@ -61,6 +62,7 @@ class ClassificationTask:
         self.mixup = mixup
         self.amp_dtype = amp_dtype
         self.eval_amp_dtype = eval_amp_dtype
+        self.replay_events = replay_events
         self.generator = generator if generator is not None else torch.Generator()
 
     def inputs(self, batch: dict[str, Any], train: bool) -> tuple[list[Tensor], Tensor]:
@@ -96,6 +98,9 @@ class ClassificationTask:
         dtype = self.amp_dtype if train else self.eval_amp_dtype
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
-            outputs = self.model(playbacks)
+            if self.replay_events:
+                outputs = self.model(playbacks, replay_masks=to_device(batch["event_mask"], self.device))
+            else:
+                outputs = self.model(playbacks)
         outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
         return outputs, self.loss_fn(outputs, targets), targets

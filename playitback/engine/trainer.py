@@ -117,6 +117,7 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
         if train and mixup.ENABLE else None,
         amp_dtype=amp_dtype(cfg, device) if train else None,
         eval_amp_dtype=amp_dtype(cfg, device, train=False),
+        replay_events=cfg.MODEL.REPLAY_EVENTS,
         generator=torch.Generator().manual_seed(cfg.RNG_SEED * 1000 + du.get_rank()),
     )
 

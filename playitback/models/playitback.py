@@ -86,11 +86,13 @@ class PlayItBack(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, playbacks: Sequence[Tensor]) -> dict[str, Tensor]:
+    def forward(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None = None) -> dict[str, Tensor]:
         """Run every playback.
 
         Args:
             playbacks: S tensors [B, T0 * (i + 1), F].
+            replay_masks: bool [B, T0]: replay these frames at every playback instead of the salient ones (e.g. the
+                annotated event frames, an oracle); None: the saliency decides.
 
         Returns:
             "logits" [B, K] fused; "playback_logits" [S, B, K]; "features" [B, latent_dim] fused decoder features;
@@ -112,7 +114,7 @@ class PlayItBack(nn.Module):
             tokens.append(grid_tokens)
             saliencies.append(saliency)
             if i + 1 < self.num_playbacks:
-                mask = saliency_mask(saliency)
+                mask = saliency_mask(saliency) if replay_masks is None else replay_masks
                 masks.append(mask)
                 composite = replay(composite, playbacks[i + 1], mask, ratio=i + 2)
         decoded = self.decoder(tokens)

@@ -1,0 +1,103 @@
+"""Annotated events (DATA.EVENTS_FILE) and the oracle replay (MODEL.REPLAY_EVENTS)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import playitback.models.playitback as playitback_module
+from engine_utils import TINY_MODEL, make_tiny_dataset, run_net, run_opts
+from playitback.config import ConfigError, load_config
+from playitback.data.build import build_dataset
+from playitback.data.events import event_frame_mask, load_event_spans
+from playitback.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
+
+
+def test_event_frames_are_those_whose_centre_is_inside_an_event() -> None:
+    # 8 frames of 0.25 s over a crop starting at 0.5 s: centres 0.625, 0.875, ..., 2.375 s.
+    mask = event_frame_mask([(1.0, 1.5)], crop_start_s=0.5, clip_secs=2.0, num_frames=8)
+    assert mask.tolist() == [False, False, True, True, False, False, False, False]
+    mask = event_frame_mask([(0.0, 0.7), (2.3, 9.0), (5.0, 6.0)], crop_start_s=0.5, clip_secs=2.0, num_frames=8)
+    assert mask.tolist() == [True, False, False, False, False, False, False, True]
+    assert not event_frame_mask([], 0.0, 2.0, 8).any()
+
+
+def test_events_file_rows_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"uid": ["a", "a", "007"], "event_start_s": [0.5, 2.0, 1.0],
+                  "event_stop_s": [1.0, 2.5, 1.5]}).to_csv(path, index=False)
+    assert load_event_spans(path) == {"a": [(0.5, 1.0), (2.0, 2.5)], "007": [(1.0, 1.5)]}
+    with pytest.raises(FileNotFoundError, match="DATA.EVENTS_FILE"):
+        load_event_spans(tmp_path / "missing.csv")
+    pd.DataFrame({"uid": ["a"], "start": [0.5], "event_stop_s": [1.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['event_start_s'\]"):
+        load_event_spans(path)
+    pd.DataFrame({"uid": ["a"], "event_start_s": [1.5], "event_stop_s": [1.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="stops .* before it starts"):
+        load_event_spans(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("events_demo"))
+
+
+def test_event_masks_fall_on_the_louder_frames_of_the_demo_clips(data: Path) -> None:
+    """The demo hides a louder event in background noise: on its own audio, the masked frames carry more energy than
+    the rest in most clips (a random mask would in about half)."""
+    cfg = load_config(REPO / PLAYITBACK, [
+        "NUM_GPUS", "0", "VGGSOUND.AUDIO_DATA_DIR", str(data / "audio"), "VGGSOUND.ANNOTATIONS_DIR",
+        str(data / "annotations"), *TINY_MODEL, "DATA.FRONTEND", "workers",
+        "DATA.EVENTS_FILE", str(data / "annotations" / "events.csv")])
+    dataset = build_dataset(cfg, "train")
+    louder = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        mask, energy = item["event_mask"], item["playbacks"][0].mean(dim=1)
+        assert mask.shape == (cfg.AUDIO_DATA.FRAMES0,) and mask.any() and not mask.all()
+        louder += int(energy[mask].mean() > energy[~mask].mean())
+    assert louder >= 0.75 * len(dataset)
+
+
+def test_replay_masks_replace_the_salient_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    frames0 = cfg.AUDIO_DATA.FRAMES0
+    playbacks = [torch.randn(2, frames0 * (i + 1), 128) for i in range(3)]
+    masks = torch.zeros(2, frames0, dtype=torch.bool)
+    masks[0, 3:7] = True
+    masks[1, 10:12] = True
+    with torch.no_grad():
+        given = model(playbacks, replay_masks=masks)
+        monkeypatch.setattr(playitback_module, "saliency_mask", lambda saliency: masks)
+        reference = model(playbacks)
+    assert torch.equal(given["replay_masks"], masks[:, None].expand(-1, 2, -1))
+    assert torch.equal(given["logits"], reference["logits"])
+
+
+def test_config_refuses_replay_events_without_events() -> None:
+    with pytest.raises(ConfigError, match="MODEL.REPLAY_EVENTS .* needs DATA.EVENTS_FILE"):
+        load_config(REPO / PLAYITBACK, ["MODEL.REPLAY_EVENTS", "True"])
+
+
+def test_oracle_run_replays_exactly_the_annotated_events(data: Path, tmp_path: Path) -> None:
+    events = data / "annotations" / "events.csv"
+    opts = run_opts(data, tmp_path, epochs=1) + ["DATA.EVENTS_FILE", str(events), "MODEL.REPLAY_EVENTS", "True"]
+    run_net(PLAYITBACK, opts)
+    run_net(PLAYITBACK, opts + ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.SAVE_SEGMENTS", "True",
+                                "TEST.CHECKPOINT_SELECT", "last"])
+    spans = load_event_spans(events)
+    frame_s = 2.0 / 16  # CLIP_SECS / FRAMES0 of the tiny runs
+    rows = [json.loads(line) for line in (tmp_path / "scores" / "segments.jsonl").read_text().splitlines() if line]
+    assert rows and {row["playback"] for row in rows} == {1, 2}
+    for row in rows:
+        (start, stop), = spans[row["video"]]
+        (segment,) = row["segments"]
+        assert segment[0] == pytest.approx(start, abs=frame_s) and segment[1] == pytest.approx(stop, abs=frame_s)
