@@ -54,6 +54,7 @@ from playitback.config import derived, load_config  # noqa: E402
 from playitback.engine.trainer import build_task  # noqa: E402
 from playitback.losses import labels_to_targets  # noqa: E402
 from playitback.models import build_model  # noqa: E402
+from playitback.models.build import example_playbacks  # noqa: E402
 from playitback.utils.flops import (  # noqa: E402
     StepFlops,
     count_flops,
@@ -235,8 +236,7 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
     model = build_model(cfg).to(device)
     loss_fn = build_task(cfg, model, device, train=False).loss_fn
     counts = derived.class_counts(cfg)
-    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
-    playbacks = [torch.randn(batch, frames0 * (i + 1), mels, device=device) for i in range(derived.num_playbacks(cfg))]
+    playbacks = example_playbacks(cfg, batch, device)
     targets = labels_to_targets(torch.randint(0, counts[0], (batch,), device=device), counts, cfg.DATA.MULTI_LABEL)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     flops = per_sample_flops(model, playbacks)

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.model import AMP_OPTS, bench_device, machine, per_sample_flops  # noqa: E402
-from playitback.config import derived, load_config  # noqa: E402
+from playitback.config import load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
 from playitback.data.demo import make_demo_dataset  # noqa: E402
 from playitback.engine.trainer import (  # noqa: E402
@@ -64,6 +64,7 @@ from playitback.engine.trainer import (  # noqa: E402
     wrap_model,
 )
 from playitback.models import build_model  # noqa: E402
+from playitback.models.build import example_playbacks  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
 
 CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml",
@@ -122,9 +123,7 @@ def timed_windows(recorder: StepRecorder, warmup: int) -> list[tuple[int, float,
 def config_flops(cfg: CfgNode, device: torch.device) -> StepFlops:
     """Per-sample FLOPs of the config's model, counted on random playbacks of the dataset's shapes."""
     model = build_model(cfg).to(device)
-    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
-    flops = per_sample_flops(model, [torch.randn(1, frames0 * (i + 1), mels, device=device)
-                                     for i in range(derived.num_playbacks(cfg))])
+    flops = per_sample_flops(model, example_playbacks(cfg, 1, device))
     del model
     return flops
 

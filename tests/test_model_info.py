@@ -96,3 +96,16 @@ def test_cli_prints_json_and_names_a_bad_key(capsys: pytest.CaptureFixture[str])
     assert info["input_shapes"] == [[1, 16, 128]]
     assert model_info.main(["--cfg", CFG, "ENCODER.DEPHT", "2"]) == 2
     assert "ENCODER.DEPTH" in capsys.readouterr().err
+
+
+def test_example_playbacks_have_the_shapes_the_pyramid_renders() -> None:
+    """The inputs used for tracing, FLOP counts and benchmarks are shaped like the real front-end's output."""
+    from playitback.data.build import build_pyramid
+    from playitback.models.build import example_playbacks
+
+    cfg = load_config(CFG, TINY_MODEL)
+    rendered = build_pyramid(cfg)(torch.zeros(3, derived.clip_samples(cfg)))
+    examples = example_playbacks(cfg, 3, generator=torch.Generator().manual_seed(0))
+    assert [e.shape for e in examples] == [r.shape for r in rendered]
+    again = example_playbacks(cfg, 3, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(examples, again))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from playitback.config import ConfigError, derived, load_config  # noqa: E402
 from playitback.engine.checkpoint import CheckpointError  # noqa: E402
 from playitback.inference import load_inference_model, probabilities  # noqa: E402
+from playitback.models.build import example_playbacks  # noqa: E402
 
 FORMATS = ("pt2", "onnx", "torchscript")
 ONNX_OPSET = 18
@@ -63,10 +64,7 @@ class ExportedModel(nn.Module):
 
 def example_inputs(cfg: CfgNode, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
     """Random log-mel-like inputs of a config's shapes: S tensors [batch, T0 * (i + 1), F]."""
-    generator = torch.Generator().manual_seed(seed)
-    frames0, bins = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
-    return tuple(torch.randn(batch, frames0 * (i + 1), bins, generator=generator) - 4.0
-                 for i in range(derived.num_playbacks(cfg)))
+    return tuple(p - 4.0 for p in example_playbacks(cfg, batch, generator=torch.Generator().manual_seed(seed)))
 
 
 def capture(wrapper: ExportedModel, inputs: tuple[Tensor, ...], dynamic_batch: bool) -> torch.export.ExportedProgram:

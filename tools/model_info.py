@@ -35,17 +35,11 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from playitback.config import ConfigError, derived, load_config  # noqa: E402
+from playitback.config import ConfigError, load_config  # noqa: E402
 from playitback.models import build_model  # noqa: E402
+from playitback.models.build import example_playbacks  # noqa: E402
 from playitback.models.playitback import PlayItBack  # noqa: E402
 from playitback.utils.flops import count_flops  # noqa: E402
-
-
-def model_inputs(cfg: CfgNode, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
-    """Random playbacks shaped as the dataset makes them: S tensors [batch, T0 * (i + 1), F]."""
-    frames0, mels = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
-    return [torch.randn(batch, frames0 * (i + 1), mels, generator=generator)
-            for i in range(derived.num_playbacks(cfg))]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -78,7 +72,7 @@ def model_info(cfg: CfgNode, batch: int = 1) -> dict[str, Any]:
         multiply-adds for the whole batch.
     """
     model = build_model(cfg).eval()
-    playbacks = model_inputs(cfg, batch, torch.Generator().manual_seed(0))
+    playbacks = example_playbacks(cfg, batch, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = count_flops(model, (playbacks,))
         encoder_pass = count_flops(_EncoderFeatures(model.encoder), (playbacks[0],))

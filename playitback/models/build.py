@@ -1,14 +1,24 @@
 """build_model: the only place where model code meets the config."""
 from __future__ import annotations
 
+import torch
 from fvcore.common.config import CfgNode
-from torch import nn
+from torch import Tensor, nn
 
 from playitback.config import derived
 from playitback.models.mvit import MViT
 from playitback.models.playitback import EncoderClassifier, PlayItBack
 from playitback.models.saliency import TemporalSaliency
 from playitback.models.tempr import TemPr
+
+
+def example_playbacks(cfg: CfgNode, batch: int = 1, device: torch.device | str | None = None,
+                      generator: torch.Generator | None = None) -> list[Tensor]:
+    """Standard-normal model inputs shaped as the dataset makes them, for tracing, FLOP counts and benchmarks: S
+    tensors [batch, T0 * (i + 1), F] (drawn on the CPU with `generator`, then moved to `device`)."""
+    frames0, bins = cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES
+    return [torch.randn(batch, frames0 * (i + 1), bins, generator=generator).to(device)
+            for i in range(derived.num_playbacks(cfg))]
 
 
 def build_encoder(cfg: CfgNode) -> MViT:
