@@ -18,7 +18,7 @@ from playitback.data.build import build_pyramid
 from playitback.engine.checkpoint import CheckpointError, load_checkpoint_file
 from playitback.engine.trainer import load_weights
 from playitback.models import build_model
-from playitback.models.replay import salient_runs
+from playitback.models.replay import replayed_seconds
 from playitback.models.weights import remap_state_dict
 
 
@@ -33,7 +33,8 @@ class CropAnalysis:
         logits: [K].
         features: [D] fused decoder features (the embedding), or the mean encoder token for the encoder alone.
         spectrogram: [T0, F] log-mel of playback 0.
-        saliency: [S, T0] saliency of each playback in [0, 1] (empty for the encoder alone).
+        saliency: [S, T0] saliency of each playback in [0, 1] on the frame grid of playback 0 (each curve read at
+            its composite's source times; empty for the encoder alone).
         segments: per replay (playback 1, 2, ...) the replayed [start_s, end_s] spans, in seconds of the audio.
     """
 
@@ -109,24 +110,37 @@ def analyse_crops(cfg: CfgNode, model: nn.Module, crops: Tensor, starts_s: list[
     probs = probabilities(outputs["logits"].float(), counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
     duration = crops.shape[1] / cfg.AUDIO_DATA.SAMPLING_RATE
     frames0 = playbacks[0].shape[1]
-    seconds_per_frame = duration / frames0
+    segments = (replayed_seconds(outputs["frame_times"], outputs["replay_masks"],
+                                 derived.playback_hop(cfg, 0) / cfg.AUDIO_DATA.SAMPLING_RATE, list(starts_s))
+                if "replay_masks" in outputs else [[] for _ in starts_s])
+    saliency = (saliency_on_playback0_frames(outputs["saliency"].float().cpu(), outputs["frame_times"].float().cpu())
+                if "saliency" in outputs else np.zeros((len(starts_s), 0, frames0), dtype=np.float32))
     results = []
-    masks = outputs.get("replay_masks")
-    runs = salient_runs(masks.flatten(0, 1).cpu()) if masks is not None else None
     for b, start in enumerate(starts_s):
-        segments: list[list[list[float]]] = []
-        if runs is not None:
-            for replay_index in range(masks.shape[1]):
-                row = b * masks.shape[1] + replay_index
-                segments.append([[start + float(s) * seconds_per_frame, start + float(e) * seconds_per_frame]
-                                 for s, e, ok in zip(runs[0][row], runs[1][row], runs[2][row]) if ok])
-        saliency = outputs["saliency"][b].float().cpu().numpy() if "saliency" in outputs else np.zeros((0, frames0))
         results.append(CropAnalysis(
             start_s=start, duration_s=duration, probabilities=probs[b],
             logits=outputs["logits"][b].float().cpu().numpy(), features=outputs["features"][b].float().cpu().numpy(),
-            spectrogram=playbacks[0][b].float().cpu().numpy(), saliency=saliency, segments=segments,
+            spectrogram=playbacks[0][b].float().cpu().numpy(), saliency=saliency[b], segments=segments[b],
         ))
     return results
+
+
+def saliency_on_playback0_frames(saliency: Tensor, frame_times: Tensor) -> np.ndarray:
+    """Each playback's saliency (over its composite's frames) read on the frame grid of playback 0.
+
+    Args:
+        saliency: [B, S, T0], the curve of playback i over the frames of composite C_i.
+        frame_times: [B, S, T0], the source time of those frames in frames of playback 0.
+
+    Returns:
+        float32 [B, S, T0]: curve i linearly interpolated at times 0, 1, ..., T0 - 1.
+    """
+    grid = np.arange(saliency.shape[-1], dtype=np.float64)
+    out = np.empty(saliency.shape, dtype=np.float32)
+    for b in range(saliency.shape[0]):
+        for i in range(saliency.shape[1]):
+            out[b, i] = np.interp(grid, frame_times[b, i].numpy(), saliency[b, i].numpy())
+    return out
 
 
 def crop_windows(waveform: np.ndarray, clip_samples: int, hop_samples: int) -> tuple[Tensor, list[int]]:

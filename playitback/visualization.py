@@ -30,7 +30,7 @@ def plot_replay(
         spectrogram: log-mel [T, F] of playback 0 over [start_s, start_s + duration_s).
         start_s, duration_s: where the crop lies in the audio file (seconds).
         segments: per replay (playback 1, 2, ...) the [start_s, end_s] segments it replayed, in file seconds.
-        saliency: [S, T0] saliency curves in [0, 1] of each playback (optional).
+        saliency: [S, T0] saliency curves in [0, 1] of each playback on the frame grid of playback 0 (optional).
         events: true event spans [start_s, end_s] in file seconds (optional, e.g. the demo data).
         title: figure title.
         out_path: PNG file to write.
@@ -59,7 +59,7 @@ def plot_replay(
     ax.set_title(title)
     if saliency is not None:
         sal_ax = axes[1, 0]
-        times = start_s + (np.arange(saliency.shape[1]) + 0.5) * duration_s / saliency.shape[1]
+        times = start_s + np.arange(saliency.shape[1]) * duration_s / saliency.shape[1]  # frame k centred at k hops
         for index, curve in enumerate(saliency):
             sal_ax.plot(times, curve, label=f"saliency of playback {index}", linewidth=1.2)
         for s, e in events:

@@ -1,4 +1,4 @@
-"""Annotated events (DATA.EVENTS_FILE) and the oracle replay (MODEL.REPLAY_EVENTS)."""
+"""Annotated events (DATA.EVENTS_FILE) and the oracle replay (MODEL.REPLAY events)."""
 from __future__ import annotations
 
 import json
@@ -20,11 +20,13 @@ PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
 
 
 def test_event_frames_are_those_whose_centre_is_inside_an_event() -> None:
-    # 8 frames of 0.25 s over a crop starting at 0.5 s: centres 0.625, 0.875, ..., 2.375 s.
+    # 8 frames at a 0.25 s hop over a crop starting at 0.5 s: centred STFT frames at 0.5, 0.75, ..., 2.25 s.
     mask = event_frame_mask([(1.0, 1.5)], crop_start_s=0.5, clip_secs=2.0, num_frames=8)
     assert mask.tolist() == [False, False, True, True, False, False, False, False]
-    mask = event_frame_mask([(0.0, 0.7), (2.3, 9.0), (5.0, 6.0)], crop_start_s=0.5, clip_secs=2.0, num_frames=8)
+    mask = event_frame_mask([(0.0, 0.7), (2.2, 9.0), (5.0, 6.0)], crop_start_s=0.5, clip_secs=2.0, num_frames=8)
     assert mask.tolist() == [True, False, False, False, False, False, False, True]
+    # An event from 1.1 to 1.3 s holds one frame centre: 1.25 s, frame 3.
+    assert event_frame_mask([(1.1, 1.3)], 0.5, 2.0, 8).tolist() == [False] * 3 + [True] + [False] * 4
     assert not event_frame_mask([], 0.0, 2.0, 8).any()
 
 
@@ -65,31 +67,39 @@ def test_event_masks_fall_on_the_louder_frames_of_the_demo_clips(data: Path) -> 
     assert louder >= 0.75 * len(dataset)
 
 
-def test_replay_masks_replace_the_salient_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL])
+def test_replay_events_replace_the_salient_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MODEL.REPLAY events the given playback-0 frames are replayed at the first playback, as if the saliency had
+    chosen them (the same logits as a model whose saliency mask is patched to them)."""
+    cfg = load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL, "MODEL.REPLAY", "events",
+                                          "DATA.EVENTS_FILE", "events.csv", "MODEL.PLAYBACK", "1", "DECODER.DEPTH", "2"])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     frames0 = cfg.AUDIO_DATA.FRAMES0
-    playbacks = [torch.randn(2, frames0 * (i + 1), 128) for i in range(3)]
+    playbacks = [torch.randn(2, frames0 * (i + 1), 128) for i in range(2)]
     masks = torch.zeros(2, frames0, dtype=torch.bool)
     masks[0, 3:7] = True
     masks[1, 10:12] = True
     with torch.no_grad():
         given = model(playbacks, replay_masks=masks)
+        model.replay_source = "saliency"
         monkeypatch.setattr(playitback_module, "saliency_mask", lambda saliency: masks)
         reference = model(playbacks)
-    assert torch.equal(given["replay_masks"], masks[:, None].expand(-1, 2, -1))
+    assert torch.equal(given["replay_masks"], masks[:, None])
     assert torch.equal(given["logits"], reference["logits"])
+    with pytest.raises(ValueError, match="replay_masks must be given exactly when replay_source is 'events'"):
+        model(playbacks, replay_masks=masks)
 
 
 def test_config_refuses_replay_events_without_events() -> None:
-    with pytest.raises(ConfigError, match="MODEL.REPLAY_EVENTS .* needs DATA.EVENTS_FILE"):
-        load_config(REPO / PLAYITBACK, ["MODEL.REPLAY_EVENTS", "True"])
+    with pytest.raises(ConfigError, match="MODEL.REPLAY events .* needs DATA.EVENTS_FILE"):
+        load_config(REPO / PLAYITBACK, ["MODEL.REPLAY", "events"])
+    with pytest.raises(ConfigError, match="MODEL.REPLAY is .oracle.; choose one of"):
+        load_config(REPO / PLAYITBACK, ["MODEL.REPLAY", "oracle"])
 
 
 def test_oracle_run_replays_exactly_the_annotated_events(data: Path, tmp_path: Path) -> None:
     events = data / "annotations" / "events.csv"
-    opts = run_opts(data, tmp_path, epochs=1) + ["DATA.EVENTS_FILE", str(events), "MODEL.REPLAY_EVENTS", "True"]
+    opts = run_opts(data, tmp_path, epochs=1) + ["DATA.EVENTS_FILE", str(events), "MODEL.REPLAY", "events"]
     run_net(PLAYITBACK, opts)
     run_net(PLAYITBACK, opts + ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.SAVE_SEGMENTS", "True",
                                 "TEST.CHECKPOINT_SELECT", "last"])
@@ -99,5 +109,15 @@ def test_oracle_run_replays_exactly_the_annotated_events(data: Path, tmp_path: P
     assert rows and {row["playback"] for row in rows} == {1, 2}
     for row in rows:
         (start, stop), = spans[row["video"]]
-        (segment,) = row["segments"]
-        assert segment[0] == pytest.approx(start, abs=frame_s) and segment[1] == pytest.approx(stop, abs=frame_s)
+        if row["playback"] == 1:
+            # Playback 1 replays the stretch of the event's playback-0 frames: the event within half a frame.
+            (segment,) = row["segments"]
+            assert segment[0] == pytest.approx(start, abs=frame_s / 2)
+            assert segment[1] == pytest.approx(stop, abs=frame_s / 2)
+        else:
+            # Later playbacks replay the composite frames showing event time; a frame that stands for time the
+            # resize dropped (at the crop's end) may stretch past the event, but the event is always covered.
+            first, last = row["segments"][0][0], row["segments"][-1][1]
+            assert first <= start + frame_s / 2 and last >= stop - frame_s / 2
+            inside = sum(max(0.0, min(e, stop) - max(s, start)) for s, e in row["segments"])
+            assert inside >= 0.5 * sum(e - s for s, e in row["segments"])

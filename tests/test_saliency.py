@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from playitback.models.mvit import TokenRows
 from playitback.models.saliency import (
     SlotAttention,
     TemporalSaliency,
@@ -22,6 +23,8 @@ ORIGINAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "
 
 # Tiny sizes keep every test well under a second: D token width, T0 frames, W slot resolution, grid T'' x F''.
 D, T0, W, T_TOK, F_TOK = 16, 40, 24, 5, 3
+# Token row t centred on frame 8 t + 2 (as a patch stride of 8 would place it).
+ROWS = TokenRows(stride=8.0, offset=2.0)
 
 
 def tiny_saliency(seed: int = 0) -> TemporalSaliency:
@@ -90,8 +93,8 @@ def test_saliency_gives_a_gradient_to_every_parameter() -> None:
     tokens = random_tokens(4)  # frozen encoder output: requires_grad is False
     head = torch.nn.Linear(D, 5).requires_grad_(False)
     labels = torch.tensor([0, 3, 1, 4])
-    saliency, _ = model(tokens)
-    positive, negative = saliency_contrast(tokens, saliency)
+    saliency, _ = model(tokens, ROWS)
+    positive, negative = saliency_contrast(tokens, saliency, ROWS)
     logits_pos, logits_neg = head(positive), head(negative)
     true_pos = logits_pos.softmax(-1).gather(1, labels[:, None])
     true_neg = logits_neg.softmax(-1).gather(1, labels[:, None])
@@ -109,19 +112,19 @@ def test_eval_is_deterministic_and_training_is_not() -> None:
     model = tiny_saliency()
     tokens = random_tokens(3)
     model.eval()
-    first, slots = model(tokens)
-    second, _ = model(tokens)
+    first, slots = model(tokens, ROWS)
+    second, _ = model(tokens, ROWS)
     assert torch.equal(first, second)
     # The fixed per-slot anchors keep the two slots apart, so eval saliency is not degenerate.
     assert not torch.allclose(slots[:, 0], slots[:, 1])
     model.train()
-    assert not torch.equal(model(tokens)[0], model(tokens)[0])
+    assert not torch.equal(model(tokens, ROWS)[0], model(tokens, ROWS)[0])
 
 
 def test_saliency_is_min_max_normalised_per_sample() -> None:
     model = tiny_saliency().eval()
     tokens = random_tokens(3) * torch.tensor([1.0, 10.0, 0.01]).view(3, 1, 1, 1)
-    saliency, slots = model(tokens)
+    saliency, slots = model(tokens, ROWS)
     assert saliency.shape == (3, T0) and slots.shape == (3, 2, W)
     assert torch.equal(saliency.amin(1), torch.zeros(3)) and torch.equal(saliency.amax(1), torch.ones(3))
     mask = saliency_mask(saliency)
@@ -132,7 +135,7 @@ def test_constant_saliency_is_zero_and_replays_the_whole_clip() -> None:
     model = tiny_saliency().eval()
     with torch.no_grad():
         model.slot_attention.slots_sigma.zero_()  # both slots start at mu, so slot0 - slot1 is exactly 0
-    saliency, _ = model(random_tokens(2))
+    saliency, _ = model(random_tokens(2), ROWS)
     assert torch.equal(saliency, torch.zeros(2, T0))
     assert saliency_mask(saliency).all()
 
@@ -148,8 +151,8 @@ def test_samples_are_independent_in_eval_mode() -> None:
     tokens = random_tokens(3)
     changed = tokens.clone()
     changed[1] = 100.0 * torch.randn(T_TOK, F_TOK, D)
-    got, got_slots = model(changed)
-    want, want_slots = model(tokens)
+    got, got_slots = model(changed, ROWS)
+    want, want_slots = model(tokens, ROWS)
     assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
     assert torch.equal(got_slots[0], want_slots[0])
     assert not torch.equal(got[1], want[1])
@@ -157,17 +160,30 @@ def test_samples_are_independent_in_eval_mode() -> None:
 
 def test_temporal_profile_matches_numpy_interpolation() -> None:
     tokens = random_tokens(2)
-    profile = temporal_profile(tokens, T0)
-    # align_corners=False: output frame u samples input row (u + 0.5) * T'' / T0 - 0.5, clamped at the edges.
+    profile = temporal_profile(tokens, T0, ROWS)
+    # Row t sits on frame 8 t + 2; frames between two row centres interpolate linearly, frames beyond the ends take
+    # the end row (np.interp's clamping).
     rows = tokens.mean(2).numpy()  # [B, T'', D]
-    where = (np.arange(T0) + 0.5) * T_TOK / T0 - 0.5
+    centres = 2.0 + 8.0 * np.arange(T_TOK)
     want = np.stack(
-        [np.stack([np.interp(where, np.arange(T_TOK), rows[b, :, d]) for d in range(D)], -1) for b in range(2)]
+        [np.stack([np.interp(np.arange(T0), centres, rows[b, :, d]) for d in range(D)], -1) for b in range(2)]
     )
     assert profile.shape == (2, D, T0)
     assert np.allclose(profile.transpose(1, 2).numpy(), want, atol=1e-5)
 
 
+def test_profile_rows_sit_where_the_encoder_puts_them() -> None:
+    """A real MViT's row geometry: a token row that fires on a few input frames peaks at those frames."""
+    from playitback.models.mvit import MViT
+
+    encoder = MViT(num_classes=[3], embed_dim=8, num_heads=1, depth=2, input_size=(64, 16),
+                   pool_q_stride=[[1, 2, 2]], pool_kv_stride_adaptive=[4, 4])
+    # Patch 7/4 (centre 4 r - 3 + 3) then a query pooling 3/2 (centre 2 q - 1 + 1): row t on frame 8 t.
+    assert encoder.token_rows == TokenRows(8.0, 0.0)
+    spectrogram = torch.zeros(1, 1, 64, 16)
+    spectrogram[:, :, 40] = 1.0
+    patch_response = encoder.patch_embed(spectrogram)[0].abs().sum(-1).reshape(16, 4).sum(1)  # [T']
+    assert int(patch_response.argmax()) == 10  # patch row r centred on frame 4 r
 def test_saliency_follows_time_not_frequency() -> None:
     model = tiny_saliency().eval()
     pattern = random_tokens(1).abs() * 5
@@ -176,38 +192,36 @@ def test_saliency_follows_time_not_frequency() -> None:
     early[:, :2] = pattern[:, :2]
     late[:, -2:] = pattern[:, :2]
     # Time rows really are time: the early tokens light up the first frames only, the late ones the last frames.
-    early_profile, late_profile = temporal_profile(early, T0)[0], temporal_profile(late, T0)[0]  # [D, T0]
+    early_profile, late_profile = temporal_profile(early, T0, ROWS)[0], temporal_profile(late, T0, ROWS)[0]  # [D, T0]
     assert early_profile[:, 25:].abs().max() == 0 and early_profile[:, :10].abs().min() > 0
     assert late_profile[:, :15].abs().max() == 0 and late_profile[:, -10:].abs().min() > 0
-    assert not torch.allclose(model(early)[0], model(late)[0], atol=1e-3)
+    assert not torch.allclose(model(early, ROWS)[0], model(late, ROWS)[0], atol=1e-3)
     # Permuting the frequency axis leaves the saliency unchanged: only the time axis carries position.
     shuffled = early[:, :, torch.randperm(F_TOK, generator=torch.Generator().manual_seed(3))]
-    assert torch.allclose(model(shuffled)[0], model(early)[0], atol=1e-5)
+    assert torch.allclose(model(shuffled, ROWS)[0], model(early, ROWS)[0], atol=1e-5)
 
 
 def test_masked_token_pool_by_hand() -> None:
-    # Grid T''=2 x F''=2, D=2. Row 0 tokens: [1, 3] and [-1, 1]; row 1: [10, 20] and [0, 4].
+    # Grid T''=2 x F''=2, D=2. Row 0 tokens: [1, 3] and [-1, 1] (mean [2, 0]); row 1: [10, 20], [0, 4] (mean [15, 2]).
     tokens = torch.tensor([[[[1.0, -1.0], [3.0, 1.0]], [[10.0, 0.0], [20.0, 4.0]]]])
-    # T0=4 frames: frames 0-1 pool onto row 0 (weight 0.4), frames 2-3 onto row 1 (weight 0.5).
+    rows = TokenRows(stride=2.0, offset=0.0)  # rows on frames 0 and 2
+    # T0 = 4 frames interpolate from the rows with shares [1, 0], [.5, .5], [0, 1], [0, 1]; the weights go back the
+    # same way: row 0 gets (0.2 + 0.5 * 0.6) / 1.5, row 1 gets (0.5 * 0.6 + 1.0 + 0.0) / 2.5.
     weights = torch.tensor([[0.2, 0.6, 1.0, 0.0]])
-    want = torch.tensor([[(0.4 * (1 + 3) + 0.5 * (10 + 20)) / 1.8, (0.4 * (-1 + 1) + 0.5 * (0 + 4)) / 1.8]])
-    assert torch.allclose(masked_token_pool(tokens, weights), want)
-    # T0=5 onto 2 rows: adaptive pooling bins [0, 3) and [2, 5) overlap on frame 2.
-    weights5 = torch.tensor([[0.3, 0.0, 0.6, 0.9, 0.0]])
-    row0, row1 = 0.9 / 3, 1.5 / 3
-    want5 = (row0 * tokens[0, 0].sum(0) + row1 * tokens[0, 1].sum(0)) / (2 * (row0 + row1))
-    assert torch.allclose(masked_token_pool(tokens, weights5)[0], want5)
+    row0, row1 = 0.5 / 1.5, 1.3 / 2.5
+    want = (row0 * torch.tensor([2.0, 0.0]) + row1 * torch.tensor([15.0, 2.0])) / (row0 + row1)
+    assert torch.allclose(masked_token_pool(tokens, weights, rows)[0], want)
     # Zero weights give zeros, not NaN.
-    assert torch.equal(masked_token_pool(tokens, torch.zeros(1, 4)), torch.zeros(1, 2))
-    positive, negative = saliency_contrast(tokens, weights)
-    assert torch.equal(positive, masked_token_pool(tokens, weights))
-    assert torch.allclose(negative, masked_token_pool(tokens, 1 - weights))
+    assert torch.equal(masked_token_pool(tokens, torch.zeros(1, 4), rows), torch.zeros(1, 2))
+    positive, negative = saliency_contrast(tokens, weights, rows)
+    assert torch.equal(positive, masked_token_pool(tokens, weights, rows))
+    assert torch.allclose(negative, masked_token_pool(tokens, 1 - weights, rows))
 
 
 def test_bad_token_layout_names_the_fix() -> None:
     model = tiny_saliency()
     with pytest.raises(ValueError, match="grid"):
-        model(torch.zeros(2, T_TOK * F_TOK, D))
+        model(torch.zeros(2, T_TOK * F_TOK, D), ROWS)
     with pytest.raises(ValueError, match="num_slots"):
         TemporalSaliency(D, T0, W, num_slots=1)
 
@@ -243,8 +257,8 @@ def test_saliency_compiles_fullgraph() -> None:
     tokens = random_tokens(2)
     # aot_eager captures the same full graph as inductor without a C++ build (seconds instead of a minute).
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=False)
-    got, got_slots = compiled(tokens)
-    want, want_slots = model(tokens)
+    got, got_slots = compiled(tokens, ROWS)
+    want, want_slots = model(tokens, ROWS)
     assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_slots, want_slots, atol=1e-6)
     mask = torch.compile(saliency_mask, fullgraph=True, backend="aot_eager", dynamic=False)(want)
     assert torch.equal(mask, saliency_mask(want))
@@ -256,8 +270,8 @@ def test_attention_readout_equals_a_per_channel_reference() -> None:
     torch.manual_seed(0)
     module = TemporalSaliency(token_dim=6, frames0=8, resolution=8).eval()
     tokens = torch.randn(2, 4, 3, 6)
-    saliency, _ = module(tokens)
-    profile = temporal_profile(tokens, 8)  # [B, D, T0]
+    saliency, _ = module(tokens, ROWS)
+    profile = temporal_profile(tokens, 8, ROWS)  # [B, D, T0]
     _, attn, _ = module.slot_attention(module.position_embed(profile), return_attention=True)
     for b in range(2):
         raw = []
@@ -280,8 +294,8 @@ def test_both_readouts_train_every_parameter(readout: str) -> None:
     module = TemporalSaliency(token_dim=12, frames0=16, resolution=16, readout=readout).train()
     tokens = torch.randn(3, 4, 2, 12)
     head = torch.nn.Linear(12, 5)
-    saliency, _ = module(tokens)
-    positive, negative = saliency_contrast(tokens, saliency)
+    saliency, _ = module(tokens, ROWS)
+    positive, negative = saliency_contrast(tokens, saliency, ROWS)
     loss = torch.nn.functional.cross_entropy(head(positive), torch.tensor([0, 1, 2])) + head(negative).mean()
     loss.backward()
     for name, param in module.named_parameters():

@@ -112,9 +112,11 @@ _C.MODEL.RANK_LOSS_WEIGHT = 0.1
 _C.MODEL.RANK_MARGIN = 0.05
 # Compile the model with torch.compile (training and evaluation).
 _C.MODEL.COMPILE = False
-# Replay the annotated event frames (DATA.EVENTS_FILE) instead of the salient ones: an oracle that bounds what a
-# perfect saliency could gain. The saliency still runs and trains.
-_C.MODEL.REPLAY_EVENTS = False
+# What each playback replays at the next, finer hop: saliency (the salient frames, the method) | events (the annotated
+# event frames of DATA.EVENTS_FILE: an oracle that bounds what a perfect saliency could gain) | random (one span per
+# clip at a random place, as long as the salient frames: the control for where) | none (nothing: every playback
+# re-reads playback 0, the control for the replay itself). The saliency runs and trains in every case.
+_C.MODEL.REPLAY = "saliency"
 # torch.compile backend: inductor (generates kernels) | aot_eager or eager (capture only, to debug a compile problem)
 # | cudagraphs.
 _C.MODEL.COMPILE_BACKEND = "inductor"

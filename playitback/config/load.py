@@ -229,8 +229,9 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, ("inductor", "aot_eager", "eager", "cudagraphs"))
     _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE,
             ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-    if cfg.MODEL.REPLAY_EVENTS and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
-        errors.append("MODEL.REPLAY_EVENTS replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
+    _choice(errors, "MODEL.REPLAY", cfg.MODEL.REPLAY, ("saliency", "events", "random", "none"))
+    if cfg.MODEL.REPLAY == "events" and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
+        errors.append("MODEL.REPLAY events replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
                       "uid, event_start_s, event_stop_s) and MODEL.PLAYBACK of at least 1")
     if cfg.MODEL.COMPILE_MODE != "default" and cfg.MODEL.COMPILE_BACKEND != "inductor":
         errors.append(f"MODEL.COMPILE_MODE {cfg.MODEL.COMPILE_MODE!r} is an inductor mode; set MODEL.COMPILE_BACKEND "

@@ -1,6 +1,6 @@
 """Annotated event spans: clip record + crop -> which frames of playback 0 lie inside an event.
 
-With ``DATA.EVENTS_FILE`` every item carries ``event_mask`` (bool [T0]); with ``MODEL.REPLAY_EVENTS`` PlayItBack
+With ``DATA.EVENTS_FILE`` every item carries ``event_mask`` (bool [T0]); with ``MODEL.REPLAY events`` PlayItBack
 replays those frames instead of the salient ones. That is an oracle: it bounds what a perfect saliency could gain on
 data whose events are annotated (the demo's ``annotations/events.csv``, AudioSet's strong labels, ...).
 
@@ -57,12 +57,13 @@ def event_frame_mask(spans: list[tuple[float, float]], crop_start_s: float, clip
         spans: events as (start_s, stop_s), seconds from the start of the audio file.
         crop_start_s: where the crop starts in the file.
         clip_secs: crop length in seconds.
-        num_frames: frames of playback 0 over the crop (T0); frame k spans clip_secs / T0 seconds.
+        num_frames: frames of playback 0 over the crop (T0); frame k is centred at k * clip_secs / T0 seconds (the
+            STFT is centred: frame k's window is centred on sample k * hop).
 
     Returns:
         bool [num_frames].
     """
-    centres = crop_start_s + (torch.arange(num_frames, dtype=torch.float64) + 0.5) * (clip_secs / num_frames)
+    centres = crop_start_s + torch.arange(num_frames, dtype=torch.float64) * (clip_secs / num_frames)
     mask = torch.zeros(num_frames, dtype=torch.bool)
     for start, stop in spans:
         mask |= (centres >= start) & (centres < stop)

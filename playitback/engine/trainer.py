@@ -41,7 +41,7 @@ from playitback.engine.task import ClassificationTask, SpecAugmentSettings
 from playitback.losses import PlayItBackLoss
 from playitback.metrics import ViewEnsemble, classification_metrics
 from playitback.models import build_model
-from playitback.models.replay import salient_runs
+from playitback.models.replay import replayed_seconds
 from playitback.models.weights import remap_state_dict
 from playitback.utils import distributed as du
 from playitback.utils.logging import MetricWriter, setup_logging
@@ -117,7 +117,7 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
         if train and mixup.ENABLE else None,
         amp_dtype=amp_dtype(cfg, device) if train else None,
         eval_amp_dtype=amp_dtype(cfg, device, train=False),
-        replay_events=cfg.MODEL.REPLAY_EVENTS,
+        replay_events=cfg.MODEL.REPLAY == "events",
         generator=torch.Generator().manual_seed(cfg.RNG_SEED * 1000 + du.get_rank()),
     )
 
@@ -542,7 +542,7 @@ def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, 
     local: dict[str, list[Any]] = defaultdict(list)
     loss_sum = torch.zeros((), device=task.device)
     count = 0
-    seconds_per_frame = dataset.clip_samples / dataset.sample_rate / cfg.AUDIO_DATA.FRAMES0
+    frame_seconds = derived.playback_hop(cfg, 0) / dataset.sample_rate
     for batch in loader:
         outputs, losses, _ = task.step(batch, train=False)
         loss_sum += losses["loss"] * batch["label"].shape[0]
@@ -552,7 +552,7 @@ def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, 
         local["scores"].append(outputs["logits"].cpu())
         local["labels"].append(batch["label"])
         if collect_segments and "replay_masks" in outputs:
-            local["segments"].extend(_segments(outputs["replay_masks"].cpu(), batch, dataset, seconds_per_frame))
+            local["segments"].extend(_segments(outputs, batch, dataset, frame_seconds))
     merged = {key: (torch.cat(value) if key != "segments" else value) for key, value in local.items()}
     gathered = du.all_gather_objects(merged)
     totals = du.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=task.device)]))
@@ -576,19 +576,19 @@ def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, 
     return metrics, details
 
 
-def _segments(masks: Tensor, batch: dict[str, Any], dataset: AudioClipDataset,
-              seconds_per_frame: float) -> list[dict[str, Any]]:
+def _segments(outputs: dict[str, Tensor], batch: dict[str, Any], dataset: AudioClipDataset,
+              frame_seconds: float) -> list[dict[str, Any]]:
     """Replayed segments in seconds from the start of the audio file, one record per clip, view and playback."""
-    starts, ends, valid = salient_runs(masks.flatten(0, 1))
-    num_replays = masks.shape[1]
+    spans = replayed_seconds(outputs["frame_times"], outputs["replay_masks"], frame_seconds,
+                             [float(s) for s in batch["crop_start_s"]])
     records = []
-    for row in range(starts.shape[0]):
-        item, replay_index = divmod(row, num_replays)
-        offset = float(batch["crop_start_s"][item])
-        runs = [[round(offset + float(s) * seconds_per_frame, 4), round(offset + float(e) * seconds_per_frame, 4)]
-                for s, e, ok in zip(starts[row], ends[row], valid[row]) if ok]
-        records.append({"video": dataset.records[int(batch["index"][item])].uid, "view": int(batch["view"][item]),
-                        "playback": replay_index + 1, "segments": runs})
+    for item, per_replay in enumerate(spans):
+        crop = [float(batch["crop_start_s"][item]), float(batch["crop_start_s"][item]) + dataset.clip_samples
+                / dataset.sample_rate]
+        for replay_index, runs in enumerate(per_replay):
+            records.append({"video": dataset.records[int(batch["index"][item])].uid, "view": int(batch["view"][item]),
+                            "playback": replay_index + 1, "crop": [round(t, 4) for t in crop],
+                            "segments": [[round(s, 4), round(e, 4)] for s, e in runs]})
     return records
 
 

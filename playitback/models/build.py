@@ -98,4 +98,6 @@ def build_model(cfg: CfgNode) -> nn.Module:
         for _ in range(derived.num_playbacks(cfg))
     ]
     return PlayItBack(encoder, saliency, build_decoder(cfg, encoder.num_features),
-                      freeze_encoder=cfg.MODEL.FREEZE_ENCODER)
+                      freeze_encoder=cfg.MODEL.FREEZE_ENCODER,
+                      hops=[derived.playback_hop(cfg, i) for i in range(derived.num_playbacks(cfg))],
+                      replay_source=cfg.MODEL.REPLAY)

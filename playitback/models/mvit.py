@@ -30,6 +30,30 @@ _LAYER_NORM_EPS = 1e-6
 Grid = tuple[int, int]
 
 
+@dataclass(frozen=True)
+class TokenRows:
+    """Where the encoder's token rows sit on the input's time axis: row t is centred on input frame
+    ``offset + stride * t`` (the patch convolution and every query pooling, composed; a row covers ``stride`` frames).
+
+    Attributes:
+        stride: input frames between consecutive token rows.
+        offset: input frame on which row 0 is centred.
+    """
+
+    stride: float
+    offset: float
+
+    def centres(self, rows: int, device: torch.device | str | None = None) -> Tensor:
+        """Centres of ``rows`` token rows in input frames, float32 [rows]."""
+        return self.offset + self.stride * torch.arange(rows, device=device, dtype=torch.float32)
+
+
+def _conv_rows(rows: TokenRows, kernel: int, stride: int, padding: int) -> TokenRows:
+    """The rows after a convolution or pooling along time: output row q reads input rows
+    ``q * stride - padding ... + kernel - 1``, so it is centred on input row ``q * stride - padding + (kernel - 1) / 2``."""
+    return TokenRows(rows.stride * stride, rows.offset + rows.stride * (-padding + (kernel - 1) / 2))
+
+
 def round_width(width: float, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
     """Scale a width and round it to a multiple of ``divisor``, exactly as MViTv2 does.
 
@@ -571,6 +595,14 @@ class MViT(nn.Module):
             )
             embed_dim = dim_out
 
+        rows = _conv_rows(TokenRows(1.0, 0.0), patch_kernel[0], patch_stride[0], patch_padding[0])
+        for block in self.blocks:
+            pool = block.attn.pool_q
+            if pool is not None:
+                kernel, stride, padding = (value[0] if isinstance(value, tuple) else value
+                                           for value in (pool.kernel_size, pool.stride, pool.padding))
+                rows = _conv_rows(rows, kernel, stride, padding)
+        self.token_rows = rows
         self.num_features = embed_dim
         self.num_classes = num_classes
         self.norm = nn.LayerNorm(embed_dim, eps=_LAYER_NORM_EPS)

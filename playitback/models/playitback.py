@@ -5,13 +5,14 @@ width, K total classes (tasks concatenated).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from playitback.models.mvit import MViT
-from playitback.models.replay import replay
+from playitback.models.replay import frame_centres, mask_from_frame_times, random_span_mask, replay
 from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask
 from playitback.models.tempr import TemPr
 
@@ -49,29 +50,61 @@ class EncoderClassifier(nn.Module):
         return {"logits": self.encoder.forward_head(tokens), "features": tokens.mean(1)}
 
 
+REPLAY_SOURCES = ("saliency", "events", "random", "none")
+
+
+def nominal_hops(num_playbacks: int) -> list[int]:
+    """Hops (in ticks) of playbacks that divide the crop exactly: playback i has hop ``L / (i + 1)``, ``L`` the least
+    common multiple of 1..S, so frame k of playback i is centred at ``k / (i + 1)`` frames of playback 0."""
+    common = math.lcm(*range(1, num_playbacks + 1))
+    return [common // (i + 1) for i in range(num_playbacks)]
+
+
 class PlayItBack(nn.Module):
-    """Encoder -> per-playback temporal saliency -> replay of the salient runs at the next playback -> TemPr decoder.
+    """Encoder -> per-playback temporal saliency -> replay of the salient frames at the next playback -> TemPr decoder.
 
     For playback i the encoder reads the running composite C_i ([B, T0, F]; C_0 is playback 0). Its tokens feed the
-    decoder layer i and the saliency module i. The saliency's salient runs of C_i are replaced by the same time span of
-    playback i+1 (i+2 times as many frames as playback 0) and the result is resized back to T0 frames: C_{i+1}.
-    Everything is fixed-shape tensor code with no host synchronisation, so the forward compiles as one graph.
+    decoder layer i and the saliency module i. The salient frames of C_i are replaced by the frames of playback i+1
+    that show the same time (each composite frame carries its source time through every replay, see
+    :mod:`playitback.models.replay`) and the result is resized back to T0 frames: C_{i+1}. Everything is fixed-shape
+    tensor code with no host synchronisation, so the forward compiles as one graph.
 
     A frozen encoder (its parameters have requires_grad False) runs in eval mode and without autograd; the saliency
     still trains, because the pooled positive/negative tokens go through the encoder head with gradients.
+
+    Args:
+        encoder: the MViTv2 encoder shared by every playback.
+        saliency: one saliency module per playback (at least 2).
+        decoder: TemPr with one layer per playback.
+        freeze_encoder: keep the encoder's weights fixed.
+        hops: ticks between the frames of each playback (samples, from the pyramid's ``playback_hops``), coarsest
+            first; frame k of playback i is centred at ``k * hops[i]``. Default: :func:`nominal_hops`, exact when the
+            crop divides evenly (real pyramids round the hop to whole samples; passing their hops accounts for that).
+        replay_source: what is replayed, for the method and its controls: "saliency" (the salient frames),
+            "events" (the frames given to ``forward`` as ``replay_masks``: the annotated events, an oracle),
+            "random" (one span per sample at a random place, as long as the salient frames would be), "none"
+            (nothing: every playback re-reads playback 0).
     """
 
     def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency], decoder: TemPr,
-                 freeze_encoder: bool = True) -> None:
+                 freeze_encoder: bool = True, hops: Sequence[int] | None = None,
+                 replay_source: str = "saliency") -> None:
         super().__init__()
         if len(saliency) < 2:
             raise ValueError(f"PlayItBack needs at least 2 playbacks (one saliency module each), got {len(saliency)}; "
                              "use EncoderClassifier for the encoder alone")
+        if replay_source not in REPLAY_SOURCES:
+            raise ValueError(f"replay_source must be one of {REPLAY_SOURCES}, got {replay_source!r}")
+        hops = list(hops) if hops is not None else nominal_hops(len(saliency))
+        if len(hops) != len(saliency) or any(not isinstance(h, int) or h < 1 for h in hops):
+            raise ValueError(f"hops must be {len(saliency)} positive ints (one per playback), got {hops}")
         self.encoder = encoder
         # The original's module name, so that its checkpoints load.
         self.saliency_slots = nn.ModuleList(saliency)
         self.decoder = decoder
         self.freeze_encoder = freeze_encoder
+        self.hops = hops
+        self.replay_source = replay_source
         if freeze_encoder:
             encoder.requires_grad_(False)
 
@@ -86,37 +119,59 @@ class PlayItBack(nn.Module):
             self.encoder.eval()
         return self
 
+    def _replay_mask(self, saliency: Tensor, times: Tensor, replay_masks: Tensor | None) -> Tensor:
+        """The frames of the composite to replay, bool [B, T0], as `replay_source` says."""
+        if self.replay_source == "events":
+            return mask_from_frame_times(replay_masks, times, self.hops[0])
+        salient = saliency_mask(saliency)
+        if self.replay_source == "random":
+            return random_span_mask(salient.sum(dim=1), salient.shape[1])
+        if self.replay_source == "none":
+            return torch.zeros_like(salient)
+        return salient
+
     def forward(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None = None) -> dict[str, Tensor]:
         """Run every playback.
 
         Args:
             playbacks: S tensors [B, T0 * (i + 1), F].
-            replay_masks: bool [B, T0]: replay these frames at every playback instead of the salient ones (e.g. the
-                annotated event frames, an oracle); None: the saliency decides.
+            replay_masks: with ``replay_source == "events"`` (only then), bool [B, T0] over the frames of playback
+                0: at every playback the composite frames whose source time lies in these frames are replayed.
 
         Returns:
             "logits" [B, K] fused; "playback_logits" [S, B, K]; "features" [B, latent_dim] fused decoder features;
             "pos_logits", "neg_logits" [S, B, K] encoder-head logits of the saliency-pooled and complement-pooled
-            tokens; "saliency" [B, S, T0] in [0, 1]; "replay_masks" bool [B, S - 1, T0], the frames of C_i replayed
-            from playback i + 1.
+            tokens; "saliency" [B, S, T0] in [0, 1] over the frames of each composite; "replay_masks" bool
+            [B, S - 1, T0], the frames of C_i replayed from playback i + 1; "composites" [B, S, T0, F], the input of
+            each playback's encoder pass (C_0 = playback 0); "frame_times" [B, S, T0], the source time of every
+            composite frame in frames of playback 0 (frame k of playback j is centred at ``k * hops[j] / hops[0]``).
         """
         if len(playbacks) != self.num_playbacks:
             raise ValueError(f"expected {self.num_playbacks} playbacks, got {len(playbacks)}")
+        if (replay_masks is not None) != (self.replay_source == "events"):
+            raise ValueError("replay_masks must be given exactly when replay_source is 'events' (it is "
+                             f"{self.replay_source!r})")
         composite = playbacks[0]
+        batch, frames0 = composite.shape[:2]
+        times = frame_centres(batch, frames0, self.hops[0], composite.device)
+        rows = self.encoder.token_rows
         tokens, saliencies, masks, pos_logits, neg_logits = [], [], [], [], []
+        composites, all_times = [composite], [times]
         for i, saliency_module in enumerate(self.saliency_slots):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
                 grid_tokens = _tokens_on_grid(self.encoder, composite)
-            saliency, _ = saliency_module(grid_tokens)
-            positive, negative = saliency_contrast(grid_tokens, saliency)
+            saliency, _ = saliency_module(grid_tokens, rows)
+            positive, negative = saliency_contrast(grid_tokens, saliency, rows)
             pos_logits.append(self.encoder.forward_head(positive.unsqueeze(1)))
             neg_logits.append(self.encoder.forward_head(negative.unsqueeze(1)))
             tokens.append(grid_tokens)
             saliencies.append(saliency)
             if i + 1 < self.num_playbacks:
-                mask = saliency_mask(saliency) if replay_masks is None else replay_masks
+                mask = self._replay_mask(saliency, times, replay_masks)
                 masks.append(mask)
-                composite = replay(composite, playbacks[i + 1], mask, ratio=i + 2)
+                composite, times = replay(composite, times, playbacks[i + 1], self.hops[i + 1], mask)
+                composites.append(composite)
+                all_times.append(times)
         decoded = self.decoder(tokens)
         return {
             "logits": decoded["logits"],
@@ -126,4 +181,6 @@ class PlayItBack(nn.Module):
             "neg_logits": torch.stack(neg_logits),
             "saliency": torch.stack(saliencies, dim=1),
             "replay_masks": torch.stack(masks, dim=1),
+            "composites": torch.stack(composites, dim=1),
+            "frame_times": torch.stack(all_times, dim=1).to(torch.float32) / self.hops[0],
         }

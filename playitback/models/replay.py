@@ -1,15 +1,25 @@
-"""Replay: splice the salient runs of the running composite with a finer playback.
+"""Replay: splice the salient frames of the running composite with the finer playback that shows the same time.
 
-Playback i+1 renders the same crop as playback 0 at a hop ``ratio`` times smaller, so composite frame t (playback-0
-time coordinates) covers exactly the frames ``[t * ratio, (t + 1) * ratio)`` of the finer playback. A salient run
-``[s, e)`` is therefore replaced by ``finer[s * ratio : e * ratio]`` and the non-salient frames are kept; the
-resulting timeline is resized back to T0 frames with nearest sampling (the original's resize).
+Every frame carries its *source time*: the centre of the window it was computed from, as an integer number of time
+ticks from the start of the crop (samples, in the model; any common unit works). Frame k of playback j is centred at
+``k * hop_j``. The composite C_0 is playback 0; after a replay the composite is a stretched timeline resized back to
+T0 frames, so composite frame u no longer shows time ``u * hop_0``: its source time travels with it, gathered with
+the same index as its mel rows.
+
+Composite frame u stands for the stretch of time closer to its own centre than to its neighbours' (the midpoints
+between consecutive source times; the first frame's stretch is open to the left, the last one's to the right). A
+salient frame is replaced by the frames of the finer playback whose centres lie in its stretch, so a salient run is
+replaced by exactly the finer frames that cover the time the run shows, at every playback: the finer frames keep the
+timeline in time order, and together the stretches tile the crop, so a full mask reads every finer frame. The
+timeline is then resized back to T0 frames with nearest sampling (the original's resize): output frame u reads
+timeline position ``floor(u * L / T0)``, L the timeline length.
 
 Everything is index arithmetic on fixed-size tensors: no Python loop over the batch, no ``.item()``, ``.nonzero()`` or
-``.tolist()``, and no shape that depends on the mask, so both functions run under ``torch.compile(fullgraph=True)``
-and never synchronise the device.
+``.tolist()``, and no shape that depends on the mask, so the functions run under ``torch.compile(fullgraph=True)``,
+export, and never synchronise the device.
 
-Shape legend: B batch, T0 frames of playback 0 (and of the composite), F mel bins, R = T // 2 + 1 run slots.
+Shape legend: B batch, T0 frames of the composite (= playback 0), T_f frames of the finer playback, F mel bins,
+R = T // 2 + 1 run slots.
 """
 from __future__ import annotations
 
@@ -17,22 +27,62 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["replay", "salient_runs"]
+__all__ = [
+    "frame_centres",
+    "mask_from_frame_times",
+    "random_span_mask",
+    "replay",
+    "replayed_seconds",
+    "replayed_time_spans",
+    "salient_runs",
+    "stretch_bounds",
+]
 
 
-def _check_replay_inputs(composite: Tensor, finer: Tensor, mask: Tensor, ratio: int) -> None:
+def frame_centres(batch: int, frames: int, hop: int, device: torch.device | str | None = None) -> Tensor:
+    """Source times of a playback's frames: frame k is centred at ``k * hop`` ticks.
+
+    Returns:
+        int64 [batch, frames].
+    """
+    return (torch.arange(frames, device=device) * hop).expand(batch, frames)
+
+
+def stretch_bounds(times: Tensor, hop: int, num_frames: int) -> Tensor:
+    """Which frames of a playback with hop ``hop`` lie in each composite frame's stretch of time.
+
+    The stretch of frame u runs from the midpoint with its left neighbour to the midpoint with its right one (open at
+    both ends of the composite); a playback frame centred exactly on a midpoint belongs to the later stretch.
+
+    Args:
+        times: source times of the composite frames, int64 [B, T0], non-decreasing along time.
+        hop: ticks between consecutive frames of that playback (frame k centred at ``k * hop``).
+        num_frames: frames of that playback, T_f.
+
+    Returns:
+        int64 [B, T0 + 1]: frame u's stretch holds the playback frames ``[bounds[u], bounds[u + 1])``; bounds[0] = 0
+        and bounds[T0] = T_f.
+    """
+    doubled_midpoints = times[:, :-1] + times[:, 1:]  # [B, T0 - 1], twice the midpoints (exact in integers)
+    # First frame k with 2 * k * hop >= doubled midpoint: ceil(midpoint / hop), in integer arithmetic.
+    inner = torch.div(doubled_midpoints + 2 * hop - 1, 2 * hop, rounding_mode="floor").clamp(0, num_frames)
+    return F.pad(F.pad(inner, (1, 0), value=0), (0, 1), value=num_frames)
+
+
+def _check_replay_inputs(composite: Tensor, times: Tensor, finer: Tensor, hop: int, mask: Tensor) -> None:
     """Raise a clear error for inputs that `replay` cannot splice (shape-only checks, safe under compile)."""
-    if not isinstance(ratio, int) or ratio < 1:
-        raise ValueError(f"replay: ratio must be a positive int (finer frames per composite frame), got {ratio!r}")
-    if composite.dim() != 3:
-        raise ValueError(f"replay: composite must be [B, T0, F], got shape {tuple(composite.shape)}")
+    if not isinstance(hop, int) or hop < 1:
+        raise ValueError(f"replay: finer_hop must be a positive int (ticks between finer frames), got {hop!r}")
+    if composite.dim() != 3 or finer.dim() != 3:
+        raise ValueError(f"replay: composite [B, T0, F] and finer [B, T_f, F] expected, got shapes "
+                         f"{tuple(composite.shape)} and {tuple(finer.shape)}")
     batch, frames, bins = composite.shape
-    if tuple(finer.shape) != (batch, frames * ratio, bins):
-        raise ValueError(
-            f"replay: finer must be [B, T0*ratio, F] = {(batch, frames * ratio, bins)} for composite "
-            f"{tuple(composite.shape)} and ratio {ratio}, got {tuple(finer.shape)}; pass the playback rendered at "
-            "ratio times the frames of playback 0"
-        )
+    if finer.shape[0] != batch or finer.shape[2] != bins:
+        raise ValueError(f"replay: finer must be [B, T_f, F] with B = {batch} and F = {bins} as the composite, got "
+                         f"{tuple(finer.shape)}")
+    if tuple(times.shape) != (batch, frames) or times.dtype != torch.long:
+        raise ValueError(f"replay: times must be int64 [B, T0] = {(batch, frames)} (source time of each composite "
+                         f"frame), got {times.dtype} {tuple(times.shape)}")
     if tuple(mask.shape) != (batch, frames):
         raise ValueError(f"replay: mask must be [B, T0] = {(batch, frames)}, got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
@@ -44,50 +94,96 @@ def _check_replay_inputs(composite: Tensor, finer: Tensor, mask: Tensor, ratio: 
         )
 
 
-def replay(composite: Tensor, finer: Tensor, mask: Tensor, ratio: int) -> Tensor:
-    """Replace the salient runs of the composite by the same time span of a finer playback, resized back to T0.
+def replay(composite: Tensor, times: Tensor, finer: Tensor, finer_hop: int, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Replace the salient frames of the composite by the finer frames of the same time, resized back to T0 frames.
 
-    The concatenated timeline of sample b has length ``L_b = T0 + (ratio - 1) * mask[b].sum()``; output frame u reads
+    Sample b's timeline keeps every non-salient composite frame and puts, in place of each salient frame u, the
+    finer frames ``[bounds[u], bounds[u + 1])`` of :func:`stretch_bounds`; its length is L_b. Output frame u reads
     timeline position ``floor(u * L_b / T0)`` (exact integer arithmetic). An all-False mask returns the composite
-    unchanged; an all-True mask returns ``finer[:, ::ratio]``.
+    unchanged; an all-True mask reads the finer playback at positions ``floor(u * T_f / T0)``.
 
     Args:
-        composite: running composite in playback-0 time coordinates, [B, T0, F].
-        finer: the finer playback over the same crop, [B, T0 * ratio, F].
+        composite: the running composite, [B, T0, F].
+        times: source time of each composite frame in ticks, int64 [B, T0], non-decreasing.
+        finer: the finer playback over the same crop, [B, T_f, F]; frame k centred at ``k * finer_hop`` ticks.
+        finer_hop: ticks between finer frames.
         mask: salient frames of the composite, bool [B, T0].
-        ratio: finer frames per composite frame (playback i has ``ratio = i + 1`` relative to playback 0).
 
     Returns:
-        The new composite, [B, T0, F], differentiable with respect to ``composite`` and ``finer``.
+        ``(composite, times)``: the new composite [B, T0, F] (differentiable with respect to ``composite`` and
+        ``finer``) and its frames' source times, int64 [B, T0], non-decreasing.
 
     Raises:
-        ValueError: for mismatched shapes, dtypes or devices, or a ratio that is not a positive int.
+        ValueError: for mismatched shapes, dtypes or devices, or a hop that is not a positive int.
         TypeError: if ``mask`` is not bool.
     """
-    _check_replay_inputs(composite, finer, mask, ratio)
-    frames = composite.shape[1]
-    # Each composite frame becomes a piece of the timeline: `ratio` finer frames if salient, itself otherwise. A run
-    # [s, e) is the concatenation of its frames' pieces, so per-frame pieces give the run-wise splice exactly.
-    piece = 1 + (ratio - 1) * mask.long()  # [B, T0]
+    _check_replay_inputs(composite, times, finer, finer_hop, mask)
+    batch, frames, bins = composite.shape
+    finer_frames = finer.shape[1]
+    bounds = stretch_bounds(times, finer_hop, finer_frames)  # [B, T0 + 1]
+    first_finer = bounds[:, :-1]  # [B, T0]
+    # Each composite frame becomes a piece of the timeline: its finer frames if salient (possibly none), else itself.
+    piece = torch.where(mask, bounds[:, 1:] - first_finer, 1)  # [B, T0]
     piece_end = piece.cumsum(dim=1)  # [B, T0], exclusive end of each piece on the timeline
-    total = piece_end[:, -1:]  # [B, 1], L_b
+    total = piece_end[:, -1:]  # [B, 1], L_b >= 1 (the stretches tile the crop, so a full mask keeps T_f frames)
     out_frame = torch.arange(frames, device=composite.device)
     position = out_frame * total // frames  # [B, T0], timeline position read by each output frame
-    # The composite frame owning each position is the number of pieces that end at or before it (a searchsorted):
-    # a histogram of the piece ends over the timeline, cumulated and read at the position. Linear in the timeline
-    # length, exact, and made of operators that every exporter (TorchScript, torch.export, ONNX) has.
-    ends = torch.zeros(composite.shape[0], frames * ratio + 1, dtype=piece_end.dtype, device=piece_end.device)
-    ends.scatter_add_(1, piece_end, torch.ones_like(piece_end))  # [B, T0 * ratio + 1], pieces ending at each position
+    # The composite frame owning each position is the number of pieces that end at or before it (a searchsorted;
+    # empty pieces end where they start, so they are counted and skipped): a histogram of the piece ends over the
+    # timeline, cumulated and read at the position. Linear in the timeline length, exact, and made of operators that
+    # every exporter (TorchScript, torch.export, ONNX) has.
+    ends = torch.zeros(batch, frames + finer_frames + 1, dtype=piece_end.dtype, device=piece_end.device)
+    ends.scatter_add_(1, piece_end, torch.ones_like(piece_end))  # pieces ending at each timeline position
     frame = ends.cumsum(dim=1).gather(1, position)  # [B, T0]
     offset = position - piece_end.gather(1, frame) + piece.gather(1, frame)  # [B, T0], position inside the piece
-    # One stacked source [composite | finer] turns the two cases into a single row lookup.
-    source = torch.cat([composite, finer], dim=1)  # [B, T0 * (1 + ratio), F]
-    index = torch.where(mask.gather(1, frame), frames + frame * ratio + offset, frame)  # [B, T0]
-    # Whole mel rows are copied, so index_select on the flattened rows is used: measured ~7x faster than a gather with
-    # an expanded index on CPU.
-    batch, length, bins = source.shape
+    finer_index = first_finer.gather(1, frame) + offset  # [B, T0], meaningful where the owner is salient
+    salient = mask.gather(1, frame)
+    new_times = torch.where(salient, finer_index * finer_hop, times.gather(1, frame))
+    # One stacked source [composite | finer] turns the two cases into a single row lookup. Whole mel rows are copied,
+    # so index_select on the flattened rows is used: measured ~7x faster than a gather with an expanded index on CPU.
+    source = torch.cat([composite, finer], dim=1)  # [B, T0 + T_f, F]
+    index = torch.where(salient, frames + finer_index, frame)  # [B, T0]
+    length = source.shape[1]
     row = index + length * torch.arange(batch, device=index.device).unsqueeze(1)  # [B, T0]
-    return source.reshape(batch * length, bins).index_select(0, row.flatten()).reshape(batch, frames, bins)
+    new_composite = source.reshape(batch * length, bins).index_select(0, row.flatten()).reshape(batch, frames, bins)
+    return new_composite, new_times
+
+
+def mask_from_frame_times(frame_mask: Tensor, times: Tensor, hop: int) -> Tensor:
+    """Read a mask over the frames of a playback at the composite frames' source times.
+
+    Composite frame u takes the value of the playback frame nearest its source time (the frame whose stretch holds
+    it; a time exactly halfway goes to the later frame). This is how a mask given in playback-0 frames (the annotated
+    event frames of the oracle) means the same time at every playback.
+
+    Args:
+        frame_mask: bool [B, T] over the frames of a playback with hop ``hop`` (frame k centred at ``k * hop``).
+        times: source times of the composite frames, int64 [B, T0].
+        hop: ticks between that playback's frames.
+
+    Returns:
+        bool [B, T0].
+    """
+    nearest = torch.div(2 * times + hop, 2 * hop, rounding_mode="floor").clamp(0, frame_mask.shape[1] - 1)
+    return frame_mask.gather(1, nearest)
+
+
+def random_span_mask(lengths: Tensor, frames: int) -> Tensor:
+    """One contiguous span per row of the given length at a uniformly random start (the random-replay control).
+
+    Args:
+        lengths: frames to select per row, int64 [B], each in [0, frames].
+        frames: row length T0.
+
+    Returns:
+        bool [B, T0] with ``lengths[b]`` True frames in row b. Drawn from torch's default generator on the device of
+        ``lengths`` (seeded per process by the engine), without a host synchronisation.
+    """
+    lengths = lengths.clamp(0, frames)
+    choices = (frames - lengths + 1).to(torch.float32)  # [B] possible starts
+    start = (torch.rand(lengths.shape, device=lengths.device) * choices).long().clamp_max(frames - lengths)
+    position = torch.arange(frames, device=lengths.device)
+    return (position >= start.unsqueeze(1)) & (position < (start + lengths).unsqueeze(1))
 
 
 def _compact(edges: Tensor, slots: int) -> Tensor:
@@ -136,3 +232,53 @@ def salient_runs(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ends = _compact(step == -1, slots)
     valid = torch.arange(slots, device=mask.device) < rises.sum(dim=1, keepdim=True)
     return starts, ends, valid
+
+
+def replayed_time_spans(frame_times: Tensor, mask: Tensor, clip_end: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The stretches of time that the salient runs of a composite show (what a replay of that mask replays).
+
+    A run of composite frames ``[s, e)`` shows the time from the midpoint between frames s - 1 and s to the midpoint
+    between frames e - 1 and e, clipped to the crop ``[0, clip_end]`` at the ends (the stretches of
+    :func:`stretch_bounds`).
+
+    Args:
+        frame_times: source times of the composite frames (any unit, e.g. frames of playback 0), float [B, T0],
+            non-decreasing.
+        mask: the replayed frames of the composite, bool [B, T0].
+        clip_end: the end of the crop in the unit of ``frame_times`` (T0 for frames of playback 0).
+
+    Returns:
+        ``(starts, ends, valid)``: float [B, R] span starts and ends in that unit and bool [B, R], as
+        :func:`salient_runs` (R = T0 // 2 + 1).
+    """
+    starts, ends, valid = salient_runs(mask)
+    midpoints = (frame_times[:, :-1] + frame_times[:, 1:]) / 2
+    edges = F.pad(F.pad(midpoints, (1, 0), value=0.0), (0, 1), value=float(clip_end))  # [B, T0 + 1]
+    return edges.gather(1, starts) * valid, edges.gather(1, ends) * valid, valid
+
+
+def replayed_seconds(frame_times: Tensor, replay_masks: Tensor, frame_seconds: float,
+                     crop_starts_s: list[float]) -> list[list[list[float]]]:
+    """What every replay of a batch replayed, in seconds of the audio files (for logs, segments.jsonl and plots).
+
+    Args:
+        frame_times: the model's "frame_times", source times in frames of playback 0, [B, S, T0].
+        replay_masks: the model's "replay_masks", the replayed frames of C_0 .. C_{S-2}, bool [B, S - 1, T0].
+        frame_seconds: seconds per frame of playback 0 (its hop over the sample rate).
+        crop_starts_s: where each crop starts in its file, B floats.
+
+    Returns:
+        Per clip, per replay (playback 1 .. S - 1), the replayed ``[start_s, end_s]`` spans in time order.
+    """
+    batch, replays, frames = replay_masks.shape
+    starts, ends, valid = replayed_time_spans(frame_times[:, :replays].flatten(0, 1).float().cpu(),
+                                              replay_masks.flatten(0, 1).cpu(), float(frames))
+    result: list[list[list[float]]] = []
+    for b in range(batch):
+        per_replay = []
+        for r in range(replays):
+            row = b * replays + r
+            per_replay.append([[crop_starts_s[b] + float(s) * frame_seconds, crop_starts_s[b] + float(e) * frame_seconds]
+                               for s, e, ok in zip(starts[row], ends[row], valid[row]) if ok])
+        result.append(per_replay)
+    return result

@@ -33,11 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from playitback.models.mvit import TokenRows
+
 __all__ = [
     "SlotAttention",
     "SoftPositionEmbed",
     "TemporalSaliency",
     "masked_token_pool",
+    "row_frame_weights",
     "saliency_contrast",
     "saliency_mask",
     "temporal_profile",
@@ -159,12 +162,37 @@ class SoftPositionEmbed(nn.Module):
         return sequence + self.embedding(torch.stack([grid, 1.0 - grid], dim=-1)).T  # [D, L] broadcast over B
 
 
-def temporal_profile(tokens: Tensor, frames: int) -> Tensor:
-    """Frequency-averaged token features, linearly interpolated (align_corners False) from T'' rows to ``frames``.
+def row_frame_weights(rows: TokenRows, num_rows: int, frames: int, like: Tensor) -> Tensor:
+    """Linear interpolation from token rows to input frames, as a matrix.
+
+    Frame x lies between the two rows whose centres (``rows.centres``) bracket it and takes their values in
+    proportion to its distance from each; frames before the first centre or after the last take the end row's value.
+
+    Args:
+        rows: where the token rows sit on the frame axis.
+        num_rows: T'', the number of token rows.
+        frames: T0, the number of input frames.
+        like: a tensor whose device and floating dtype the matrix takes.
+
+    Returns:
+        [T0, T''], each row summing to 1.
+    """
+    position = ((torch.arange(frames, device=like.device, dtype=torch.float32) - rows.offset) / rows.stride)
+    position = position.clamp(0, num_rows - 1)  # [T0], in row units
+    lower = position.floor().long().clamp_max(max(num_rows - 2, 0))
+    upper_share = (position - lower).unsqueeze(1)  # [T0, 1]
+    columns = torch.arange(num_rows, device=like.device)
+    weights = (columns == lower.unsqueeze(1)) * (1 - upper_share) + (columns == lower.unsqueeze(1) + 1) * upper_share
+    return weights.to(like.dtype)
+
+
+def temporal_profile(tokens: Tensor, frames: int, rows: TokenRows) -> Tensor:
+    """Frequency-averaged token features, linearly interpolated from the token rows' true centres to ``frames``.
 
     Args:
         tokens: encoder output on its true grid, time-major, [B, T'', F'', D].
         frames: output length T0.
+        rows: where the token rows sit on the frame axis (the encoder's ``token_rows``).
 
     Returns:
         Channels-first profile, [B, D, T0] (the layout the resampling and the slot attention read without copies).
@@ -174,8 +202,8 @@ def temporal_profile(tokens: Tensor, frames: int) -> Tensor:
             f"tokens must be [B, T'', F'', D] (the encoder grid, time-major), got shape {tuple(tokens.shape)}; "
             "reshape the flat [B, N, D] tokens with the encoder's (T'', F'') grid"
         )
-    profile = tokens.mean(dim=2).transpose(1, 2)  # [B, D, T'']
-    return F.interpolate(profile, size=frames, mode="linear", align_corners=False)
+    weights = row_frame_weights(rows, tokens.shape[1], frames, tokens)  # [T0, T'']
+    return torch.einsum("btd,xt->bdx", tokens.mean(dim=2), weights)
 
 
 def _normalise_per_sample(curve: Tensor, eps: float = 1e-12) -> Tensor:
@@ -251,11 +279,12 @@ class TemporalSaliency(nn.Module):
         """The slot attention (state-dict prefix ``3.``)."""
         return self._modules["3"]
 
-    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, rows: TokenRows) -> tuple[Tensor, Tensor]:
         """Compute the saliency curve of a batch of token grids.
 
         Args:
             tokens: encoder output on its true grid, time-major, [B, T'', F'', D].
+            rows: where the token rows sit on the frame axis (the encoder's ``token_rows``).
 
         Returns:
             ``(saliency, slots)``: saliency [B, T0] in [0, 1], min-max normalised per sample (all zeros if constant);
@@ -266,7 +295,7 @@ class TemporalSaliency(nn.Module):
                 f"TemporalSaliency: tokens must be [B, T'', F'', {self.token_dim}] (the encoder grid, time-major), "
                 f"got shape {tuple(tokens.shape)}"
             )
-        profile = temporal_profile(tokens, self.frames0)  # [B, D, T0]
+        profile = temporal_profile(tokens, self.frames0, rows)  # [B, D, T0]
         channels = self.position_embed(profile)
         if self.resolution != self.frames0:
             channels = F.interpolate(channels, size=self.resolution, mode="nearest")  # [B, D, W]
@@ -300,15 +329,17 @@ def saliency_mask(saliency: Tensor) -> Tensor:
     return mask | ~mask.any(dim=1, keepdim=True)
 
 
-def masked_token_pool(tokens: Tensor, weights: Tensor, eps: float = 1e-6) -> Tensor:
+def masked_token_pool(tokens: Tensor, weights: Tensor, rows: TokenRows, eps: float = 1e-6) -> Tensor:
     """Weighted mean of the tokens over time and frequency, with per-frame weights.
 
-    The T0 frame weights are averaged onto the T'' token rows (adaptive average pooling over time, so token row t gets
-    the weights of the frames it covers), then each token is weighted by its row's weight.
+    The T0 frame weights are carried onto the T'' token rows by the transpose of the rows-to-frames interpolation
+    (:func:`row_frame_weights`): token row t gets the mean weight of the frames it is interpolated to, each counted
+    by its interpolation share. Then each token is weighted by its row's weight.
 
     Args:
         tokens: encoder output on its true grid, time-major, [B, T'', F'', D].
         weights: non-negative frame weights, [B, T0].
+        rows: where the token rows sit on the frame axis (the encoder's ``token_rows``).
         eps: lower bound of the weight total, so all-zero weights give a zero vector instead of NaN.
 
     Returns:
@@ -319,20 +350,22 @@ def masked_token_pool(tokens: Tensor, weights: Tensor, eps: float = 1e-6) -> Ten
             f"masked_token_pool: need tokens [B, T'', F'', D] and weights [B, T0], got {tuple(tokens.shape)} and "
             f"{tuple(weights.shape)}"
         )
-    row_weights = F.adaptive_avg_pool1d(weights.unsqueeze(1), tokens.shape[1]).squeeze(1)  # [B, T'']
+    shares = row_frame_weights(rows, tokens.shape[1], weights.shape[1], tokens)  # [T0, T'']
+    row_weights = weights.to(shares.dtype) @ shares / shares.sum(dim=0).clamp_min(eps)  # [B, T'']
     # Every token of a row shares the row weight, so the frequency mean can be taken first.
     weighted = torch.einsum("bt,btd->bd", row_weights, tokens.mean(dim=2))  # [B, D]
     return weighted / row_weights.sum(dim=1, keepdim=True).clamp_min(eps)
 
 
-def saliency_contrast(tokens: Tensor, saliency: Tensor) -> tuple[Tensor, Tensor]:
+def saliency_contrast(tokens: Tensor, saliency: Tensor, rows: TokenRows) -> tuple[Tensor, Tensor]:
     """Tokens pooled by the saliency (positive) and by its complement (negative).
 
     Args:
         tokens: [B, T'', F'', D].
         saliency: [B, T0] in [0, 1].
+        rows: where the token rows sit on the frame axis.
 
     Returns:
         ``(positive, negative)``, each [B, D].
     """
-    return masked_token_pool(tokens, saliency), masked_token_pool(tokens, 1.0 - saliency)
+    return masked_token_pool(tokens, saliency, rows), masked_token_pool(tokens, 1.0 - saliency, rows)
