@@ -31,6 +31,26 @@ def test_shipped_configs_exist() -> None:
             assert f"{dataset}/PlayItBackX{x}.yaml" in names
         assert f"{dataset}/MViTv2_B.yaml" in names
     assert "VGG-Sound/PlayItBackX1_S.yaml" in names
+    assert {f"AudioSet/as20k/{n}.yaml" for n in ("MViTv2_B", "PlayItBackX1", "PlayItBackX2", "PlayItBackX3")} <= names
+
+
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_audioset_recipes_balanced_as2m_and_as20k() -> None:
+    for name in ("MViTv2_B", "PlayItBackX1", "PlayItBackX2", "PlayItBackX3"):
+        as2m = load_config(REPO / f"configs/AudioSet/{name}.yaml")
+        as20k = load_config(REPO / f"configs/AudioSet/as20k/{name}.yaml")
+        assert (as2m.AUDIOSET.TRAIN_LIST, as2m.DATA.TRAIN_SAMPLER, as2m.DATA.SAMPLES_PER_EPOCH) == \
+            ("as2m_train.csv", "balanced", 200000)
+        assert (as20k.AUDIOSET.TRAIN_LIST, as20k.DATA.TRAIN_SAMPLER, as20k.DATA.SAMPLES_PER_EPOCH) == \
+            ("as20k_train.csv", "uniform", 0)
+        differ = {k for k, v in _flat(as2m).items() if _flat(as20k)[k] != v}
+        assert differ == {"AUDIOSET.TRAIN_LIST", "DATA.TRAIN_SAMPLER", "DATA.SAMPLES_PER_EPOCH"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))

@@ -106,6 +106,23 @@ def test_sigterm_saves_mid_epoch_and_resumes_exactly(uninterrupted: Path, data: 
     _assert_same_run(uninterrupted, tmp_path)
 
 
+def test_a_run_on_shards_equals_the_same_run_on_files(uninterrupted: Path, data: Path, tmp_path: Path) -> None:
+    """The uninterrupted run again, reading a pcm16 pack of the same clips (2 workers, each opening the shards
+    itself): identical weights and validation metrics."""
+    from playitback.data.annotations import read_annotations
+    from playitback.data.audio_io import FileAudioReader
+    from playitback.data.shards import pack_clips
+
+    sources = [r.source for name in ("train.csv", "test.csv")
+               for r in read_annotations(data / "annotations" / name, "vggsound")]
+    pack_clips(FileAudioReader(data / "audio", ".wav", 16000), sources, tmp_path / "pack", clips_per_shard=10,
+               progress=False)
+    run_net(PLAYITBACK, run_opts(data, tmp_path / "run", epochs=3, workers=2)
+            + ["VGGSOUND.AUDIO_DATA_DIR", str(tmp_path / "pack")])
+    assert f"packed in {tmp_path / 'pack'}" in (tmp_path / "run" / "stdout.log").read_text()
+    _assert_same_run(uninterrupted, tmp_path / "run")
+
+
 def test_two_gloo_processes_equal_one(data: Path, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes on the same global batch gives the same model and metrics as 1 process."""
     deterministic = ["SPEC_AUGMENT.ENABLE", "False", "ENCODER.DROPPATH_RATE", "0.0", "MODEL.DROPOUT_RATE", "0.0",

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from playitback.data.audio_io import AudioReadError, read_audio_file  # noqa: E402
+from playitback.data.audio_io import AudioReadError, float_to_pcm16, read_audio_file  # noqa: E402
 from playitback.utils.cli import report_failures  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -73,7 +73,7 @@ def to_storage(waveform: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return np.ascontiguousarray(waveform, dtype=np.float32)
     if dtype == "int16":
-        return np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
+        return float_to_pcm16(waveform)
     raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
 
 

@@ -231,6 +231,18 @@ _C.DATA.FRONTEND = "auto"
 _C.DATA.ALLOW_UNSAFE_PICKLE = False
 # CSV of annotated event spans (uid, event_start_s, event_stop_s): batches then carry each crop's event frames.
 _C.DATA.EVENTS_FILE = ""
+# Where the audio is read from: files (one file per clip, or the EPIC-KITCHENS HDF5) | shards (a pack folder written
+# by tools/pack_audio.py, given as the dataset's audio location) | auto (shards when that location holds a pack).
+_C.DATA.STORAGE = "auto"
+# Training sampler: uniform (a shuffle of the training clips per epoch) | balanced (SAMPLES_PER_EPOCH draws with
+# replacement, clip weights from the label counts: docs/method.md#class-balanced-sampling).
+_C.DATA.TRAIN_SAMPLER = "uniform"
+# Draws per epoch of the balanced sampler; 0: as many as there are training clips.
+_C.DATA.SAMPLES_PER_EPOCH = 0
+# Balanced weights: a clip weighs the sum over its labels of 1 / (clips with that label + BALANCE_OFFSET).
+_C.DATA.BALANCE_OFFSET = 100.0
+# Balanced sampler weights from a CSV instead (columns uid,weight; or one weight per line in training-list order).
+_C.DATA.SAMPLE_WEIGHTS_FILE = ""
 
 _C.AUDIO_DATA = CfgNode()
 # Rate the audio is read at (files at another rate are resampled).

@@ -220,6 +220,14 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, ("cosine", "steps_with_relative_lrs"))
     _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, ("sum", "max"))
     _choice(errors, "DATA.FRONTEND", cfg.DATA.FRONTEND, ("auto", "workers", "device"))
+    _choice(errors, "DATA.STORAGE", cfg.DATA.STORAGE, ("auto", "files", "shards"))
+    _choice(errors, "DATA.TRAIN_SAMPLER", cfg.DATA.TRAIN_SAMPLER, ("uniform", "balanced"))
+    if cfg.DATA.TRAIN_SAMPLER == "uniform" and (cfg.DATA.SAMPLES_PER_EPOCH or cfg.DATA.SAMPLE_WEIGHTS_FILE):
+        errors.append("DATA.SAMPLES_PER_EPOCH and DATA.SAMPLE_WEIGHTS_FILE set the balanced sampler; add "
+                      "DATA.TRAIN_SAMPLER balanced (the uniform sampler visits every training clip once per epoch)")
+    if cfg.DATA.SAMPLES_PER_EPOCH < 0 or cfg.DATA.BALANCE_OFFSET < 0:
+        errors.append(f"DATA.SAMPLES_PER_EPOCH ({cfg.DATA.SAMPLES_PER_EPOCH}) and DATA.BALANCE_OFFSET "
+                      f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
     _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
     _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
     _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
@@ -18,7 +18,17 @@ import soxr
 
 from playitback.data.records import ClipRecord
 
-__all__ = ["AudioReadError", "FileAudioReader", "Hdf5AudioReader", "read_audio_file"]
+__all__ = [
+    "AudioReadError",
+    "FileAudioReader",
+    "Hdf5AudioReader",
+    "decode_segment",
+    "finish_samples",
+    "float_to_pcm16",
+    "pcm_to_float",
+    "read_audio_file",
+    "segment_frames",
+]
 
 _RESAMPLE_QUALITY = "HQ"
 
@@ -27,7 +37,7 @@ class AudioReadError(RuntimeError):
     """An audio file or HDF5 entry cannot be read; the message names the file and the problem."""
 
 
-def _segment_frames(where: str, total: int, rate: int, start_s: float, stop_s: float | None) -> tuple[int, int]:
+def segment_frames(where: str, total: int, rate: int, start_s: float, stop_s: float | None) -> tuple[int, int]:
     """``[start_s, stop_s)`` in seconds -> ``[first, last)`` frame indices at ``rate``, clamped to ``total`` frames.
 
     An annotated stop slightly past the end (common with EPIC-KITCHENS timestamps) is clamped; a segment that starts
@@ -43,7 +53,7 @@ def _segment_frames(where: str, total: int, rate: int, start_s: float, stop_s: f
     return first, last
 
 
-def _finish(where: str, samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+def finish_samples(where: str, samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     """Check and resample decoded mono samples.
 
     Args:
@@ -64,10 +74,65 @@ def _finish(where: str, samples: np.ndarray, rate: int, sample_rate: int) -> np.
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM ``[S]`` -> float32 in [-1, 1): divided by 2 ** (bits - 1), as libsndfile does; floats pass through."""
+    if np.issubdtype(samples.dtype, np.integer):
+        return samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
+    return samples.astype(np.float32, copy=False)
+
+
+def float_to_pcm16(waveform: np.ndarray) -> np.ndarray:
+    """float32 ``[S]`` in [-1, 1) -> int16 ``round(x * 32768)`` clipped to the int16 range: the exact inverse of
+    :func:`pcm_to_float` for audio that was 16-bit PCM."""
+    return np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def decode_segment(
+    source: str | Path | BinaryIO, where: str, start_s: float = 0.0, stop_s: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode ``[start_s, stop_s)`` of an audio file or an in-memory encoded file to mono at the file's own rate.
+
+    Only the requested frames are read (seek) and channels are averaged.
+
+    Args:
+        source: A path, or a binary file object holding an encoded file (wav/flac/ogg/mp3).
+        where: Names the audio in error messages.
+        start_s: Segment start in seconds.
+        stop_s: Segment end in seconds (clamped to the end); ``None`` reads to the end.
+
+    Returns:
+        (float32 samples ``[S]``, the file's sample rate).
+
+    Raises:
+        AudioReadError: Not decodable audio, truncated, empty, or the segment lies outside it.
+    """
+    try:
+        with sf.SoundFile(source) as handle:
+            rate = handle.samplerate
+            if handle.frames == 0:
+                raise AudioReadError(f"{where}: no audio samples after decoding (empty file); re-extract the audio")
+            first, last = segment_frames(where, handle.frames, rate, start_s, stop_s)
+            if first:
+                handle.seek(first)
+            frames = handle.read(last - first, dtype="float32", always_2d=True)
+    except AudioReadError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioReadError(
+            f"{where}: cannot decode as audio ({err}); the file is corrupt or not wav/flac/ogg/mp3"
+        ) from err
+    if len(frames) != last - first:
+        raise AudioReadError(
+            f"{where}: truncated: the header promises {last - first} frames from frame {first}, only {len(frames)} "
+            "could be decoded; re-extract the audio"
+        )
+    return frames.mean(axis=1), rate
+
+
 def read_audio_file(
     path: str | Path, sample_rate: int, start_s: float = 0.0, stop_s: float | None = None
 ) -> np.ndarray:
-    """Decode ``[start_s, stop_s)`` of an audio file (wav/flac/ogg) to float32 mono at ``sample_rate``.
+    """Decode ``[start_s, stop_s)`` of an audio file (wav/flac/ogg/mp3) to float32 mono at ``sample_rate``.
 
     Only the requested frames are read (seek), channels are averaged, and another rate is resampled with soxr (HQ).
 
@@ -87,27 +152,8 @@ def read_audio_file(
     path = Path(path)
     if not path.is_file():
         raise AudioReadError(f"{path}: audio file not found; check the audio folder and the annotation's source")
-    try:
-        with sf.SoundFile(path) as handle:
-            rate = handle.samplerate
-            if handle.frames == 0:
-                raise AudioReadError(f"{path}: no audio samples after decoding (empty file); re-extract the audio")
-            first, last = _segment_frames(str(path), handle.frames, rate, start_s, stop_s)
-            if first:
-                handle.seek(first)
-            frames = handle.read(last - first, dtype="float32", always_2d=True)
-    except AudioReadError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioReadError(
-            f"{path}: cannot decode as audio ({err}); the file is corrupt or not wav/flac/ogg"
-        ) from err
-    if len(frames) != last - first:
-        raise AudioReadError(
-            f"{path}: truncated: the header promises {last - first} frames from frame {first}, only {len(frames)} "
-            "could be decoded; re-extract the audio"
-        )
-    return _finish(str(path), frames.mean(axis=1), rate, sample_rate)
+    samples, rate = decode_segment(path, str(path), start_s, stop_s)
+    return finish_samples(str(path), samples, rate, sample_rate)
 
 
 class FileAudioReader:
@@ -192,11 +238,9 @@ class Hdf5AudioReader:
         if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1:
             raise AudioReadError(f"{where}: expected a 1-D audio dataset, found {dataset}; rebuild the HDF5")
         rate = self._rate(dataset)
-        first, last = _segment_frames(where, dataset.shape[0], rate, record.start_s, record.stop_s)
+        first, last = segment_frames(where, dataset.shape[0], rate, record.start_s, record.stop_s)
         samples = dataset[first:last]
-        if np.issubdtype(samples.dtype, np.integer):
-            samples = samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
-        return _finish(where, samples.astype(np.float32, copy=False), rate, self.sample_rate)
+        return finish_samples(where, pcm_to_float(samples), rate, self.sample_rate)
 
     def close(self) -> None:
         """Close the HDF5 handle (reopened on the next call)."""

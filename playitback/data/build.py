@@ -1,20 +1,31 @@
 """Where the config meets the data path: annotation files, readers, datasets and loaders of a split."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
 from playitback.config import derived
 from playitback.data.annotations import class_index_from_records, read_annotations, read_class_list
-from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
+from playitback.data.audio_io import AudioReadError, FileAudioReader, Hdf5AudioReader
 from playitback.data.dataset import AudioClipDataset, LabelFormat, collate
 from playitback.data.events import EventFrames, load_event_spans
 from playitback.data.records import ClipRecord
-from playitback.data.sampler import EvalSampler, TrainSampler
+from playitback.data.sampler import (
+    BalancedSampler,
+    EvalSampler,
+    TrainSampler,
+    class_balanced_weights,
+    read_sample_weights,
+)
+from playitback.data.shards import INDEX_NAME, ShardAudioReader, is_pack
 from playitback.data.spectrogram import PlaybackPyramid
+
+logger = logging.getLogger(__name__)
 
 
 def label_format(cfg: CfgNode) -> LabelFormat:
@@ -72,9 +83,22 @@ def load_split_records(cfg: CfgNode, split: str) -> list[ClipRecord]:
     return records
 
 
-def build_reader(cfg: CfgNode, split: str) -> FileAudioReader | Hdf5AudioReader:
-    """The audio reader of a split's dataset."""
+def uses_shards(cfg: CfgNode, split: str) -> bool:
+    """Whether a split reads a pack of shards (DATA.STORAGE shards, or auto and its audio location holds a pack)."""
+    root = derived.dataset_files(cfg, split).audio_root
+    if cfg.DATA.STORAGE == "shards" and not is_pack(root):
+        raise AudioReadError(f"{root}: DATA.STORAGE is shards but this is not a pack folder (no {INDEX_NAME}); pack the "
+                             "audio with tools/pack_audio.py, or set DATA.STORAGE files")
+    return cfg.DATA.STORAGE == "shards" or (cfg.DATA.STORAGE == "auto" and is_pack(root))
+
+
+def build_reader(cfg: CfgNode, split: str) -> FileAudioReader | Hdf5AudioReader | ShardAudioReader:
+    """The audio reader of a split's dataset: a pack of shards, the files, or the EPIC-KITCHENS HDF5."""
     files = derived.dataset_files(cfg, split)
+    if uses_shards(cfg, split):
+        reader = ShardAudioReader(files.audio_root, cfg.AUDIO_DATA.SAMPLING_RATE)
+        logger.info("%s audio: %d clips packed in %s (%s)", split, len(reader), files.audio_root, reader.storage)
+        return reader
     if files.dataset == "epickitchens":
         return Hdf5AudioReader(files.audio_root, cfg.AUDIO_DATA.SAMPLING_RATE)
     return FileAudioReader(files.audio_root, files.audio_ext, cfg.AUDIO_DATA.SAMPLING_RATE)
@@ -113,13 +137,34 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def sample_weights(cfg: CfgNode, records: list[ClipRecord]) -> np.ndarray:
+    """Balanced-sampler weights of the training clips: DATA.SAMPLE_WEIGHTS_FILE, else the class-balanced rule over the
+    labels with DATA.BALANCE_OFFSET (EPIC-KITCHENS: verb and noun ids count as separate labels)."""
+    if cfg.DATA.SAMPLE_WEIGHTS_FILE:
+        return read_sample_weights(cfg.DATA.SAMPLE_WEIGHTS_FILE, [record.uid for record in records])
+    counts = derived.class_counts(cfg)
+    starts = np.cumsum([0, *counts[:-1]]) if cfg.MODEL.MULTITASK else np.zeros(len(counts), dtype=int)
+    labels = [[int(start) + label for start, label in zip(starts, record.labels)] if cfg.MODEL.MULTITASK
+              else list(record.labels) for record in records]
+    return class_balanced_weights(labels, sum(counts), cfg.DATA.BALANCE_OFFSET)
+
+
+def build_train_sampler(cfg: CfgNode, dataset: AudioClipDataset, batch: int, rank: int,
+                        world: int) -> TrainSampler | BalancedSampler:
+    """DATA.TRAIN_SAMPLER for process `rank` of `world`: a shuffle per epoch, or SAMPLES_PER_EPOCH balanced draws."""
+    if cfg.DATA.TRAIN_SAMPLER == "uniform":
+        return TrainSampler(len(dataset), batch, world, rank, seed=cfg.RNG_SEED)
+    return BalancedSampler(sample_weights(cfg, dataset.records), cfg.DATA.SAMPLES_PER_EPOCH or len(dataset), batch,
+                           world, rank, seed=cfg.RNG_SEED)
+
+
 def build_loader(cfg: CfgNode, dataset: AudioClipDataset, split: str, rank: int = 0, world: int = 1) -> DataLoader:
-    """DataLoader of a split for process `rank` of `world`: the resumable shuffled sampler for training, every item
-    exactly once (no padding, no shuffle) for evaluation."""
+    """DataLoader of a split for process `rank` of `world`: the resumable training sampler of DATA.TRAIN_SAMPLER,
+    every item exactly once (no padding, no shuffle) for evaluation."""
     total = cfg.TRAIN.BATCH_SIZE if split != "test" else cfg.TEST.BATCH_SIZE
     batch = derived.per_process_batch(total, world)
     if split == "train":
-        sampler = TrainSampler(len(dataset), batch, world, rank, seed=cfg.RNG_SEED)
+        sampler = build_train_sampler(cfg, dataset, batch, rank, world)
     else:
         sampler = EvalSampler(len(dataset), world, rank)
     workers = cfg.DATA_LOADER.NUM_WORKERS

@@ -124,13 +124,17 @@ class AudioClipDataset(Dataset):
         start = crop_start(segment.shape[0], self.clip_samples, self.mode, view, self.num_views, rng)
         return crop_or_pad(segment, start, self.clip_samples), record.start_s + start / self.sample_rate
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """Item `item`, or ``(item, draw)`` from a sampler that draws with replacement: the draw (its position in the
+        epoch) joins the crop's seed, so the same clip drawn twice in an epoch gets two crops."""
+        item, draws = (item[0], [item[1]]) if isinstance(item, tuple) else (item, [])
         record_index, view = divmod(item, self.num_views)
         skipped: list[str] = []
         for attempt in range(self.max_substitutes + 1):
             # Substitutes are a deterministic function of the item so that a resumed run sees the same data.
             index = (record_index + attempt * 7919) % len(self.records)
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt]) if self.mode == "train" else None
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt, *draws]) if self.mode == "train" \
+                else None
             try:
                 waveform, crop_start_s = self._load(index, view, rng)
                 break
