@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fvcore.common.config import CfgNode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,6 +39,33 @@ from playitback.data.demo import make_demo_dataset  # noqa: E402
 CONFIG = REPO / "configs" / "VGG-Sound" / "PlayItBackX2.yaml"
 
 
+def time_one_pass(cfg: CfgNode) -> dict[str, Any]:
+    """One pass of a config's training loader; the first batch (worker start-up) is not timed.
+
+    Returns clips_timed, seconds (wall, after the first batch), cpu_s (CPU time of the main process and the workers
+    over the whole pass, first batch included, so per clip it is the full cost) and the first batch.
+    """
+    dataset = build_dataset(cfg, "train")
+    loader = build_loader(cfg, dataset, "train")
+    clips = 0
+    cpu_start = _cpu_seconds()
+    iterator = iter(loader)
+    first = next(iterator)
+    start = time.perf_counter()
+    for item in iterator:
+        clips += item["label"].shape[0]
+    seconds = time.perf_counter() - start
+    del iterator  # joins the workers, so that their CPU time is counted
+    return {"clips_timed": clips, "seconds": seconds, "cpu_s": _cpu_seconds() - cpu_start,
+            "clips_total": clips + first["label"].shape[0], "first": first}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its joined children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def clips_per_second(data_root: Path, frontend: str, workers: int, batch: int) -> dict[str, Any]:
     """One pass of the training loader over the generated clips; the first batch (worker start-up) is not timed."""
     cfg = load_config(str(CONFIG), [
@@ -45,20 +74,13 @@ def clips_per_second(data_root: Path, frontend: str, workers: int, batch: int) -
         "DATA.FRONTEND", frontend, "DATA_LOADER.NUM_WORKERS", str(workers), "DATA_LOADER.PIN_MEMORY", "False",
         "TRAIN.BATCH_SIZE", str(batch),
     ])
-    dataset = build_dataset(cfg, "train")
-    loader = build_loader(cfg, dataset, "train")
-    clips = 0
-    iterator = iter(loader)
-    first = next(iterator)
-    start = time.perf_counter()
-    for item in iterator:
-        clips += item["label"].shape[0]
-    seconds = time.perf_counter() - start
-    rate = clips / seconds
+    timed = time_one_pass(cfg)
+    rate = timed["clips_timed"] / timed["seconds"]
+    first = timed["first"]
     output = "playbacks" if "playbacks" in first else "waveform"
     shapes = [list(p.shape) for p in first["playbacks"]] if output == "playbacks" else [list(first["waveform"].shape)]
-    return {"frontend": frontend, "workers": workers, "clips_timed": clips, "clips_per_s": round(rate, 1),
-            "clips_per_s_per_worker": round(rate / max(workers, 1), 1), "batch_shapes": shapes}
+    return {"frontend": frontend, "workers": workers, "clips_timed": timed["clips_timed"],
+            "clips_per_s": round(rate, 1), "clips_per_s_per_worker": round(rate / max(workers, 1), 1), "batch_shapes": shapes}
 
 
 def main() -> None:

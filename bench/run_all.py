@@ -21,6 +21,8 @@ The benchmarks and their arguments on a CPU / on a GPU (:data:`BENCHMARKS`):
   unrolled playbacks within minutes).
 * ``train``: bench/train.py, demo configs with 2 workers (CPU); the shipped MViTv2-B encoder pretraining and
   PlayItBackX3 with 8 workers, batch 64, bf16, 20 timed steps (GPU).
+* ``storage``: bench/storage.py (files vs shards: decode per worker, the AudioSet loader at 8 and 16 workers, bytes
+  per clip), the same on both.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                  "64", "--compile"]),
     "train": ("train.py", [], ["--device", CUDA, "--configs", "MViTv2_B", "PlayItBackX3", "--workers", "8", "--batch",
                                "64", "--amp", "bf16", "--iters", "20"]),
+    "storage": ("storage.py", [], []),
 }
 
 
@@ -172,8 +175,32 @@ def markdown(machine: str, results: dict[str, dict[str, Any]]) -> str:
             out.append(f"\nbatch {result['results'][0]['batch']}, {result['iters']} iterations after "
                        f"{result['warmup']} warm-up; target loader / pre-loaded >= 0.8; peak RSS of the main "
                        f"process {result['peak_rss_main_GB']} GB.")
+        elif name == "storage":
+            size = result["generated_bytes_per_clip"]
+            real = result.get("real_bytes_per_clip") or {}
+            out += ["decode: one process, one thread, each clip read whole (best of the passes)", ""]
+            out += _table(["storage", "clips/s", "clips per CPU-s (per core)", "CPU ms per clip", "KB per clip",
+                           "KB per real clip"], [
+                [r["storage"], r["clips_per_s"], r["clips_per_cpu_s"], r["ms_per_clip"],
+                 round(size[r["storage"]] / 1e3, 1), _real_size(real, r["storage"])] for r in result["decode"]])
+            out += ["", f"loader: {result['config']}, {result['draws']} balanced draws, batch {result['batch']}, "
+                    f"workers decode and crop only, on {result['cpu_count']} cores", ""]
+            out += _table(["storage", "workers", "clips/s", "clips/s per core", "clips per CPU-s (main + workers)"], [
+                [r["storage"], r["workers"], r["clips_per_s"], r["clips_per_s_per_core"], r["clips_per_cpu_s"]]
+                for r in result["loader"]])
+            packing = ", ".join(f"{k} {v['clips_per_s']} clips/s" for k, v in result["packing"].items())
+            out.append(f"\n{result['clips']} generated {result['seconds']} s clips at {result['sample_rate']} Hz; "
+                       f"packing (1 process): {packing}; load average {result['load_average_before']} before the run."
+                       + (f" Real clips: the {real['clips']} of ../shared/data/audio encoded the same ways." if real
+                          else ""))
         out.append("")
     return "\n".join(out)
+
+
+def _real_size(real: dict[str, Any], storage: str) -> Any:
+    """KB per real clip of a storage ("-" without real clips): pcm16 is the size of 16-bit WAV samples."""
+    fmt = {"wav": "wav", "pcm16": "wav", "flac": "flac", "mp3": "mp3"}[storage.split()[-1]]
+    return round(real[fmt] / 1e3, 1) if fmt in real else "-"
 
 
 def main() -> int:

@@ -136,10 +136,32 @@ def test_train_bench_runs_the_real_loop_with_a_loader(train_bench: dict) -> None
     assert row["loader_peak_rss_total_GB"] > 0
 
 
-def test_the_report_renders_every_benchmark(model_bench: dict, train_bench: dict) -> None:
+@pytest.fixture(scope="module")
+def storage_bench() -> dict:
+    return _run_bench("storage.py", "--clips", "8", "--seconds", "2", "--repeats", "1", "--workers", "2", "--draws",
+                      "32", "--batch", "4")
+
+
+def test_storage_bench_times_every_storage_on_the_same_clips(storage_bench: dict) -> None:
+    storages = ["files wav", "files flac", "files mp3", "shards pcm16", "shards flac", "shards mp3"]
+    assert [r["storage"] for r in storage_bench["decode"]] == storages
+    assert [(r["storage"], r["workers"]) for r in storage_bench["loader"]] == [(s, 2) for s in storages[1:]]
+    sizes = storage_bench["generated_bytes_per_clip"]
+    # 2 s of 16-bit mono at 16 kHz is 64,000 bytes: the pcm16 shards hold exactly that (plus the HDF5 overhead).
+    assert 64000 <= sizes["shards pcm16"] < 64000 * 1.1 and sizes["shards mp3"] < sizes["shards flac"] < 64000
+    for row in storage_bench["decode"]:
+        assert row["ms_per_clip"] == pytest.approx(1e3 / row["clips_per_cpu_s"], rel=2e-2)
+    for row in storage_bench["loader"]:
+        assert row["batch_shape"] == [4, 32000]
+        assert row["clips_per_s_per_core"] == pytest.approx(row["clips_per_s"] / min(2, os.cpu_count()), rel=1e-2)
+
+
+def test_the_report_renders_every_benchmark(model_bench: dict, train_bench: dict, storage_bench: dict) -> None:
     command = {"command": ".venv/bin/python bench/x.py", "wall_s": 1.0}
-    report = markdown("test-machine", {"model": {**model_bench, **command}, "train": {**train_bench, **command}})
-    assert "## model" in report and "## train" in report
+    report = markdown("test-machine", {"model": {**model_bench, **command}, "train": {**train_bench, **command},
+                                       "storage": {**storage_bench, **command}})
+    assert "## model" in report and "## train" in report and "## storage" in report
+    assert len([line for line in report.splitlines() if line.startswith("| shards pcm16 |")]) == 2
     lines = report.splitlines()
     model_rows = [line for line in lines if line.startswith("| demo |")]
     assert len(model_rows) == 2

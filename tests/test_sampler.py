@@ -57,6 +57,23 @@ def test_drawn_clips_and_labels_follow_the_weights() -> None:
     assert scipy.stats.chisquare(uniform, expected).pvalue < 1e-6
 
 
+def test_draws_follow_the_weights_on_the_real_audioset_labels(shared_data: Path) -> None:
+    from playitback.data.annotations import read_annotations
+
+    labels = [record.labels for record in read_annotations(shared_data / "AudioSet" / "test.pkl", "audioset")]
+    weights = class_balanced_weights(labels, 527, offset=100.0)
+    hot = np.zeros((len(labels), 527))
+    for row, clip in enumerate(labels):
+        hot[row, list(clip)] = 1
+    draws = 200000
+    counts = np.bincount([index for index, _ in BalancedSampler(weights, draws, 100, seed=0)], minlength=len(labels))
+    expected = draws * (weights / weights.sum()) @ hot
+    drawn = counts @ hot
+    # Every one of the 527 label counts within 5 standard deviations of what the weights predict.
+    assert (np.abs(drawn - expected) < 5 * np.sqrt(expected)).all()
+    assert expected.min() > 300
+
+
 def _global_batches(samplers: list, batch: int) -> list[list]:
     """The union of every process's k-th batch, for every step k (sorted: order inside a step does not matter)."""
     streams = [list(s) for s in samplers]

@@ -44,8 +44,8 @@ def clip_sources(cfg, splits: Sequence[str]) -> list[str]:
     roots = {(derived.dataset_files(cfg, split).audio_root, derived.dataset_files(cfg, split).audio_ext)
              for split in splits}
     if len(roots) > 1:
-        raise ValueError(f"the splits {', '.join(splits)} read audio from different places ({sorted(map(str, roots))}); "
-                         "pack each place separately with --splits")
+        raise ValueError(f"the splits {', '.join(splits)} read audio from different places "
+                         f"({sorted(map(str, roots))}); pack each place separately with --splits")
     return sorted({record.source for split in splits for record in load_split_records(cfg, split)})
 
 

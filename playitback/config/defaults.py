@@ -235,7 +235,7 @@ _C.DATA.EVENTS_FILE = ""
 # by tools/pack_audio.py, given as the dataset's audio location) | auto (shards when that location holds a pack).
 _C.DATA.STORAGE = "auto"
 # Training sampler: uniform (a shuffle of the training clips per epoch) | balanced (SAMPLES_PER_EPOCH draws with
-# replacement, clip weights from the label counts: docs/method.md#class-balanced-sampling).
+# replacement, clip weights from the label counts: docs/method.md#class-balanced-sampling-playitbackdatasampler).
 _C.DATA.TRAIN_SAMPLER = "uniform"
 # Draws per epoch of the balanced sampler; 0: as many as there are training clips.
 _C.DATA.SAMPLES_PER_EPOCH = 0

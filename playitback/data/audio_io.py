@@ -75,9 +75,11 @@ def finish_samples(where: str, samples: np.ndarray, rate: int, sample_rate: int)
 
 
 def pcm_to_float(samples: np.ndarray) -> np.ndarray:
-    """Integer PCM ``[S]`` -> float32 in [-1, 1): divided by 2 ** (bits - 1), as libsndfile does; floats pass through."""
+    """Integer PCM ``[S]`` -> float32 in [-1, 1), divided by 2 ** (bits - 1) as libsndfile does; floats pass."""
     if np.issubdtype(samples.dtype, np.integer):
-        return samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
+        scaled = samples.astype(np.float32)
+        scaled *= 2.0 ** (1 - 8 * samples.dtype.itemsize)  # a power of two: the same values as the division
+        return scaled
     return samples.astype(np.float32, copy=False)
 
 
@@ -126,7 +128,7 @@ def decode_segment(
             f"{where}: truncated: the header promises {last - first} frames from frame {first}, only {len(frames)} "
             "could be decoded; re-extract the audio"
         )
-    return frames.mean(axis=1), rate
+    return (frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)), rate
 
 
 def read_audio_file(

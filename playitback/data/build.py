@@ -87,8 +87,8 @@ def uses_shards(cfg: CfgNode, split: str) -> bool:
     """Whether a split reads a pack of shards (DATA.STORAGE shards, or auto and its audio location holds a pack)."""
     root = derived.dataset_files(cfg, split).audio_root
     if cfg.DATA.STORAGE == "shards" and not is_pack(root):
-        raise AudioReadError(f"{root}: DATA.STORAGE is shards but this is not a pack folder (no {INDEX_NAME}); pack the "
-                             "audio with tools/pack_audio.py, or set DATA.STORAGE files")
+        raise AudioReadError(f"{root}: DATA.STORAGE is shards but this is not a pack folder (no {INDEX_NAME}); pack "
+                             "the audio with tools/pack_audio.py, or set DATA.STORAGE files")
     return cfg.DATA.STORAGE == "shards" or (cfg.DATA.STORAGE == "auto" and is_pack(root))
 
 
