@@ -19,10 +19,8 @@ from torch.utils.data import Sampler
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's sequence: distinct for every (seed, epoch) pair (seed + epoch would make seed 0
-    epoch 1 draw what seed 1 epoch 0 draws)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    """The generator of one epoch's sequence, seeded with seed + epoch (the same for every process)."""
+    return torch.Generator().manual_seed(seed + epoch)
 
 
 class _EpochSampler(Sampler):
