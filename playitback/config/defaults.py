@@ -257,6 +257,10 @@ _C.AUDIO_DATA.N_FFT = 2048
 _C.AUDIO_DATA.NUM_FREQUENCIES = 128
 # Frames of playback 0 (T0); playback i has T0 * (i + 1) frames over the same crop.
 _C.AUDIO_DATA.FRAMES0 = 400
+# The encoder standardises every log-mel it reads: (x - NORM_MEAN) / NORM_STD, with the mean and standard deviation of
+# the training set's playback-0 log-mels (tools/input_stats.py prints them). 0 and 1 leave the input as it is.
+_C.AUDIO_DATA.NORM_MEAN = 0.0
+_C.AUDIO_DATA.NORM_STD = 1.0
 
 _C.SPEC_AUGMENT = CfgNode()
 # SpecAugment in training (per playback): time warp, frequency masks, time masks, in frames and bins.

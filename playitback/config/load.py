@@ -273,6 +273,9 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if cfg.SALIENCY.NUM_SLOTS < 2:
         errors.append("SALIENCY.NUM_SLOTS must be >= 2 (slot 0 is the positive, slot 1 the negative saliency)")
 
+    if not cfg.AUDIO_DATA.NORM_STD > 0:
+        errors.append(f"AUDIO_DATA.NORM_STD ({cfg.AUDIO_DATA.NORM_STD}) must be positive; tools/input_stats.py "
+                      "computes it")
     if cfg.AUDIO_DATA.FRAMES0 < 8:
         errors.append(f"AUDIO_DATA.FRAMES0 ({cfg.AUDIO_DATA.FRAMES0}) must be at least 8")
     elif cfg.MODEL.PLAYBACK >= 0 and derived.playback_hop(cfg, derived.num_playbacks(cfg) - 1) < 1:

@@ -49,6 +49,8 @@ def build_encoder(cfg: CfgNode) -> MViT:
         dim_mul_in_att=enc.DIM_MUL_IN_ATT,
         use_abs_pos=enc.USE_ABS_POS,
         cls_embed_on=enc.CLS_EMBED_ON,
+        input_mean=cfg.AUDIO_DATA.NORM_MEAN,
+        input_std=cfg.AUDIO_DATA.NORM_STD,
     )
 
 

@@ -489,6 +489,8 @@ class MViT(nn.Module):
         dim_mul_in_att: bool = True,
         use_abs_pos: bool = False,
         cls_embed_on: bool = False,
+        input_mean: float = 0.0,
+        input_std: float = 1.0,
     ) -> None:
         """Build the encoder.
 
@@ -522,6 +524,9 @@ class MViT(nn.Module):
             use_abs_pos: Add a learned absolute position embedding (fixes the input size to ``input_size``).
             cls_embed_on: Prepend a learned cls token; it takes part in attention and is dropped from the output
                 tokens.
+            input_mean, input_std: The input is standardised as ``(x - input_mean) / input_std`` (the training set's
+                log-mel statistics, as AST and PaSST do); 0 and 1 leave it unchanged. Not in the state dict: they
+                come with the config, so published checkpoints load as they are.
 
         Raises:
             ValueError: On an inconsistent argument; the message names it.
@@ -555,6 +560,10 @@ class MViT(nn.Module):
         stride_q, kernel_q = _pool_table(depth, pool_q_stride, pool_kvq_kernel)
         stride_kv, kernel_kv = _pool_table(depth, pool_kv_stride, pool_kvq_kernel)
 
+        if not input_std > 0:
+            raise ValueError(f"input_std must be positive, got {input_std}")
+        self.register_buffer("input_mean", torch.tensor(float(input_mean)), persistent=False)
+        self.register_buffer("input_std", torch.tensor(float(input_std)), persistent=False)
         self.cls_embed_on = cls_embed_on
         self.use_abs_pos = use_abs_pos
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
@@ -636,7 +645,7 @@ class MViT(nn.Module):
                 f"MViT expects a spectrogram [B, {self.patch_embed.proj.in_channels}, T, F], got shape "
                 f"{tuple(x.shape)}; add the channel dimension with x.unsqueeze(1)"
             )
-        x, grid = self.patch_embed(x)
+        x, grid = self.patch_embed((x - self.input_mean) / self.input_std)
         if self.cls_embed_on:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.use_abs_pos:

@@ -1,0 +1,50 @@
+"""The input normalisation of a dataset: mean and standard deviation of the log-mels the encoder reads.
+
+Computed over the playback-0 log-mels of the training split's centre crops (at most --max-clips clips drawn at
+random), with the config's front-end (rate, clip length, frames, window). Put the printed keys in the config (or pass
+them on the command line), as AST and PaSST do with their dataset statistics. Example::
+
+    python tools/input_stats.py --cfg configs/Small/MViT_small.yaml CUSTOM.AUDIO_DATA_DIR data/sound_scenes/audio \\
+        CUSTOM.ANNOTATIONS_DIR data/sound_scenes/annotations
+    # -> AUDIO_DATA.NORM_MEAN -6.1234 AUDIO_DATA.NORM_STD 3.4567
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from playitback.config import ConfigError, load_config  # noqa: E402
+from playitback.data.statistics import input_statistics  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compute and print the statistics; returns the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="the config whose training split and front-end are used")
+    parser.add_argument("--max-clips", type=int, default=2000, help="clips to average over (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the choice of clips")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of the KEY VALUE line")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    began = time.perf_counter()
+    mean, std, clips = input_statistics(cfg, args.max_clips, args.seed)
+    if args.json:
+        print(json.dumps({"AUDIO_DATA.NORM_MEAN": mean, "AUDIO_DATA.NORM_STD": std, "clips": clips}))
+    else:
+        print(f"AUDIO_DATA.NORM_MEAN {mean:.4f} AUDIO_DATA.NORM_STD {std:.4f}")
+        print(f"({clips} training clips, {time.perf_counter() - began:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
