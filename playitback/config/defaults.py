@@ -42,6 +42,11 @@ _C.TRAIN.AMP_DTYPE = "float16"
 _C.TRAIN.ON_NONFINITE_LOSS = "raise"
 # Stop after this many iterations per epoch (0: the whole epoch). For smoke tests and benchmarks.
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0
+# Warn once (log and metrics.jsonl, split "warning") when the epoch's training loss is still within NOT_LEARNING_MARGIN
+# (relative) of its chance level (the loss of predicting the class prior, ln K for K balanced classes) at or after
+# epoch NOT_LEARNING_EPOCHS; 0 turns the check off.
+_C.TRAIN.NOT_LEARNING_EPOCHS = 3
+_C.TRAIN.NOT_LEARNING_MARGIN = 0.05
 
 # ---------------------------------------------------------------------------------------------------------------------
 # MixUp / CutMix over the batch (all playbacks share one lambda and permutation).

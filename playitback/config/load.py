@@ -273,6 +273,9 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if cfg.SALIENCY.NUM_SLOTS < 2:
         errors.append("SALIENCY.NUM_SLOTS must be >= 2 (slot 0 is the positive, slot 1 the negative saliency)")
 
+    if not 0 <= cfg.TRAIN.NOT_LEARNING_MARGIN < 1 or cfg.TRAIN.NOT_LEARNING_EPOCHS < 0:
+        errors.append(f"TRAIN.NOT_LEARNING_MARGIN ({cfg.TRAIN.NOT_LEARNING_MARGIN}) must be in [0, 1) and "
+                      f"TRAIN.NOT_LEARNING_EPOCHS ({cfg.TRAIN.NOT_LEARNING_EPOCHS}) at least 0")
     if not cfg.AUDIO_DATA.NORM_STD > 0:
         errors.append(f"AUDIO_DATA.NORM_STD ({cfg.AUDIO_DATA.NORM_STD}) must be positive; tools/input_stats.py "
                       "computes it")

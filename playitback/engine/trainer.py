@@ -36,6 +36,7 @@ from playitback.data.augment import MixUp
 from playitback.data.build import build_dataset, build_loader, build_pyramid, frontend_on_device
 from playitback.data.dataset import AudioClipDataset
 from playitback.engine import checkpoint as ckpt
+from playitback.engine.learning_check import NotLearningCheck, chance_loss
 from playitback.engine.optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
 from playitback.engine.task import ClassificationTask, SpecAugmentSettings
 from playitback.losses import PlayItBackLoss
@@ -475,6 +476,9 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     logger.info("training on %d clips (%d iterations per epoch, %d process(es)), validating on %d clips",
                 len(train_set), iters_per_epoch, world, len(val_set))
     writer = build_writer(cfg)
+    learning = NotLearningCheck(chance_loss([r.labels for r in train_set.records], derived.class_counts(cfg),
+                                            cfg.DATA.MULTI_LABEL), cfg.TRAIN.NOT_LEARNING_EPOCHS,
+                                cfg.TRAIN.NOT_LEARNING_MARGIN)
     stop = StopRequest()
     stop.install()
     val_metrics: dict[str, Any] = {}
@@ -499,6 +503,12 @@ def train(cfg: CfgNode) -> dict[str, Any]:
             writer.write({"split": "train_epoch", "epoch": state.epoch + 1, **epoch_stats,
                           "time_s": time.perf_counter() - epoch_start,
                           "ram_gb": psutil.Process().memory_info().rss / 2**30}, step=state.global_step)
+            warning = learning.update(state.epoch + 1, epoch_stats.get("loss_fused", math.nan))
+            if warning:
+                logger.warning(warning)
+                writer.write({"split": "warning", "kind": "not_learning", "epoch": state.epoch + 1,
+                              "train_loss": epoch_stats["loss_fused"], "chance_loss": learning.chance,
+                              "message": warning}, step=state.global_step)
             last = state.epoch + 1 == cfg.SOLVER.MAX_EPOCH
             is_best = False
             if (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
