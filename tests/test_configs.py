@@ -115,6 +115,8 @@ def test_command_line_overrides_and_types() -> None:
         (["DATA.MULTI_LABEL", "True"], "DATA.MULTI_LABEL needs MODEL.LOSS_FUNC bce_logit"),
         (["NUM_GPUS"], "KEY VALUE pairs"),
         (["ENCODER.EMBED_DIM", "64"], "DECODER.INPUT_CHANNELS (768) must equal the encoder's output width (512"),
+        (["AUDIO_DATA.NORM_STD", "0.0"], "AUDIO_DATA.NORM_STD (0.0) must be positive; tools/input_stats.py"),
+        (["TRAIN.NOT_LEARNING_MARGIN", "1.5"], "TRAIN.NOT_LEARNING_MARGIN (1.5) must be in [0, 1)"),
     ],
 )
 def test_bad_configs_are_named(opts: list[str], message: str) -> None:

@@ -250,6 +250,18 @@ def test_initialisation() -> None:
             assert (module.weight == 1).all() and (module.bias == 0).all() and module.eps == 1e-6
 
 
+def test_input_standardisation_is_the_affine_map_and_not_in_the_state_dict() -> None:
+    torch.manual_seed(0)
+    plain = tiny_mvit().eval()
+    torch.manual_seed(0)
+    standardised = tiny_mvit(input_mean=-4.0, input_std=2.5).eval()
+    assert standardised.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 1, 32, 16) * 2.5 - 4.0
+    torch.testing.assert_close(standardised(x), plain((x + 4.0) / 2.5))
+    with pytest.raises(ValueError, match="input_std must be positive"):
+        tiny_mvit(input_std=0.0)
+
+
 def test_eval_is_deterministic_and_drop_path_only_trains() -> None:
     torch.manual_seed(0)
     model = tiny_mvit(drop_path_rate=0.9, dropout_rate=0.0)

@@ -98,3 +98,43 @@ def test_summary_elides_long_lists() -> None:
     report = LoadReport(missing=[f"k{i}" for i in range(30)])
     text = report.summary(max_names=3)
     assert "k0, k1, k2, ... (27 more)" in text and "k3" not in text
+
+
+def test_an_imagenet_mvitv2_checkpoint_file_starts_a_stage1_encoder(tmp_path) -> None:
+    """The README's first choice for a small dataset: a published ImageNet MViTv2 file (PySlowFast/mvit layout:
+    ``model_state`` with an RGB patch kernel, a 1000-class head, relative-position tables) loaded through
+    TRAIN.CHECKPOINT_FILE_PATH into the stage-1 encoder of a config."""
+    from engine_utils import TINY_MODEL
+
+    from playitback.config import load_config
+    from playitback.engine.trainer import load_weights
+    from playitback.models import build_model
+
+    cfg = load_config("configs/Demo/MViT_pretrain.yaml", [*TINY_MODEL, "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2]]"])
+    model = build_model(cfg).eval()
+    enc = cfg.ENCODER
+    torch.manual_seed(7)
+    imagenet = MViT(num_classes=[1000], in_chans=3, embed_dim=enc.EMBED_DIM, depth=enc.DEPTH, num_heads=enc.NUM_HEADS,
+                    dim_mul=enc.DIM_MUL, head_mul=enc.HEAD_MUL, pool_q_stride=enc.POOL_Q_STRIDE,
+                    pool_kv_stride_adaptive=enc.POOL_KV_STRIDE_ADAPTIVE, drop_path_rate=0.0).eval()
+    state = dict(imagenet.state_dict())
+    state["blocks.0.attn.rel_pos_h"] = torch.zeros(13, 8)
+    state["blocks.0.attn.rel_pos_w"] = torch.zeros(13, 8)
+    path = tmp_path / "MViTv2_in1k.pyth"
+    torch.save({"model_state": state, "epoch": 299}, path)
+    head_before = model.encoder.head.projection.weight.clone()
+
+    checkpoint, complete = load_weights(model, path)
+
+    assert checkpoint["epoch"] == 299 and not complete  # its head does not fit: no optimiser state, epoch 0
+    torch.testing.assert_close(model.encoder.patch_embed.proj.weight,
+                               state["patch_embed.proj.weight"].mean(dim=1, keepdim=True))
+    assert torch.equal(model.encoder.head.projection.weight, head_before)
+    for key, value in model.encoder.state_dict().items():
+        if not key.startswith(("patch_embed.proj.weight", "head.")):
+            assert torch.equal(value, state[key]), key
+    # The averaged kernel sees a spectrogram as the RGB network sees a grey image of a third of its values.
+    spectrogram = torch.randn(2, 1, cfg.AUDIO_DATA.FRAMES0, 128)
+    tokens, _ = model.encoder.forward_features(spectrogram)
+    reference, _ = imagenet.forward_features(spectrogram.expand(-1, 3, -1, -1) / 3)
+    torch.testing.assert_close(tokens, reference, rtol=1e-4, atol=1e-5)
