@@ -6,8 +6,9 @@ scikit-learn's logistic regression (one multinomial model per task; one-vs-rest 
 regularisation C picked among 1e-3 ... 1e2 on a held-out fifth of the training split, then refitted on all of it. Reported on the test
 split with the framework's metrics (the keys of the "test_final" line of metrics.jsonl). Example::
 
-    python tools/baseline.py --cfg configs/Small/MViT_small.yaml --json runs/baseline.json \\
-        CUSTOM.AUDIO_DATA_DIR data/sound_scenes/audio CUSTOM.ANNOTATIONS_DIR data/sound_scenes/annotations
+    python tools/baseline.py --cfg configs/Demo/MViT_pretrain.yaml --json runs/baseline.json TRAIN.DATASET custom \\
+        TEST.DATASET custom CUSTOM.AUDIO_DATA_DIR data/sound_scenes/audio \\
+        CUSTOM.ANNOTATIONS_DIR data/sound_scenes/annotations MODEL.NUM_CLASSES 16 AUDIO_DATA.CLIP_SECS 5.0
 """
 from __future__ import annotations
 

@@ -4,9 +4,10 @@ Computed over the playback-0 log-mels of the training split's centre crops (at m
 random), with the config's front-end (rate, clip length, frames, window). Put the printed keys in the config (or pass
 them on the command line), as AST and PaSST do with their dataset statistics. Example::
 
-    python tools/input_stats.py --cfg configs/Small/MViT_small.yaml CUSTOM.AUDIO_DATA_DIR data/sound_scenes/audio \\
-        CUSTOM.ANNOTATIONS_DIR data/sound_scenes/annotations
-    # -> AUDIO_DATA.NORM_MEAN -6.1234 AUDIO_DATA.NORM_STD 3.4567
+    python tools/input_stats.py --cfg configs/Demo/MViT_pretrain.yaml TRAIN.DATASET custom TEST.DATASET custom \\
+        CUSTOM.AUDIO_DATA_DIR data/sound_scenes/audio CUSTOM.ANNOTATIONS_DIR data/sound_scenes/annotations \\
+        MODEL.NUM_CLASSES 16 AUDIO_DATA.CLIP_SECS 5.0
+    # -> AUDIO_DATA.NORM_MEAN 0.3303 AUDIO_DATA.NORM_STD 1.1887
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ LIKELY_CAUSES = (
     "labels that do not match the audio: check the annotation lists and classes.txt",
     "inputs far from unit scale: AUDIO_DATA.NORM_MEAN and AUDIO_DATA.NORM_STD from tools/input_stats.py",
     "too little data for an encoder trained from scratch: start from pretrained MViTv2 weights "
-    "(TRAIN.CHECKPOINT_FILE_PATH) or use the small-data recipe configs/Small",
+    "(TRAIN.CHECKPOINT_FILE_PATH, see the README's 'your own dataset')",
     "augmentation too strong for the data: MIXUP.ENABLE, SPEC_AUGMENT.*",
 )
 
