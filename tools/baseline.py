@@ -12,7 +12,6 @@ split with the framework's metrics (the keys of the "test_final" line of metrics
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from playitback.config import ConfigError, derived, load_config  # noqa: E402
+from playitback.config import derived  # noqa: E402
 from playitback.data.statistics import clip_statistics  # noqa: E402
 from playitback.metrics import classification_metrics  # noqa: E402
+from playitback.utils.cli import config_tool_parser, load_tool_config  # noqa: E402
 
 C_GRID = np.logspace(-3, 2, 6)
 
@@ -87,15 +87,11 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
 
 def main(argv: list[str] | None = None) -> int:
     """Extract the features, fit, test and print the metrics; returns the process exit code."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="the config whose TRAIN.DATASET / TEST.DATASET are read")
+    parser = config_tool_parser(__doc__)
     parser.add_argument("--json", default=None, help="also write the metrics (and the settings) to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.cfg, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_tool_config(args)
+    if cfg is None:
         return 2
     began = time.perf_counter()
     train_x, train_records = clip_statistics(cfg, "train")

@@ -11,7 +11,6 @@ them on the command line), as AST and PaSST do with their dataset statistics. Ex
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -19,23 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from playitback.config import ConfigError, load_config  # noqa: E402
 from playitback.data.statistics import input_statistics  # noqa: E402
+from playitback.utils.cli import config_tool_parser, load_tool_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Compute and print the statistics; returns the process exit code."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="the config whose training split and front-end are used")
+    parser = config_tool_parser(__doc__)
     parser.add_argument("--max-clips", type=int, default=2000, help="clips to average over (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of clips")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the KEY VALUE line")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.cfg, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_tool_config(args)
+    if cfg is None:
         return 2
     began = time.perf_counter()
     mean, std, clips = input_statistics(cfg, args.max_clips, args.seed)
