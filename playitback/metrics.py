@@ -161,14 +161,54 @@ def mean_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
     Returns:
         mAP in percent, NaN when no class has a positive.
     """
+    per_class = average_precision_per_class(scores, targets)
+    valid = ~np.isnan(per_class)
+    return float(per_class[valid].mean() * 100.0) if valid.any() else math.nan
+
+
+def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
+    """Average precision of every class (scikit-learn's definition), as a fraction; NaN for a class without positives.
+
+    Args:
+        scores: Scores, shape [N, C].
+        targets: Multi-hot (or one-hot) targets, shape [N, C].
+
+    Returns:
+        AP per class, float64 [C].
+    """
     scores_np = _as_numpy(scores).astype(np.float64)
     targets_np = _check_multi_hot(scores_np, _as_numpy(targets))
-    per_class = np.concatenate([
+    return np.concatenate([
         _average_precision_columns(scores_np[:, c:c + _AP_CLASS_CHUNK], targets_np[:, c:c + _AP_CLASS_CHUNK])
         for c in range(0, scores_np.shape[1], _AP_CLASS_CHUNK)
     ])
-    valid = ~np.isnan(per_class)
-    return float(per_class[valid].mean() * 100.0) if valid.any() else math.nan
+
+
+def per_class_average_precision(scores: ArrayLike, labels: ArrayLike, class_counts: Sequence[int],
+                                multi_label: bool) -> list[tuple[int, int, int, float]]:
+    """(task, class id, positives, AP in percent) of every class of every task, the terms of the mAP.
+
+    Multi-hot labels give each class's own positives; class indices (one per task) are one-hot per task, so a
+    single-label task's AP is that of one class against the rest. AP is NaN for a class without positives.
+
+    Args:
+        scores: Scores [N, sum(class_counts)], tasks concatenated.
+        labels: Multi-hot [N, C], class indices [N], or class indices per task [N, T].
+        class_counts: Classes per task.
+        multi_label: Whether ``labels`` are multi-hot.
+    """
+    scores_t, labels_t = _as_tensor(scores).float(), _as_tensor(labels)
+    if multi_label:
+        targets = [labels_t]
+    else:
+        per_task = labels_t.reshape(labels_t.shape[0], -1)
+        targets = [torch.nn.functional.one_hot(per_task[:, t].long(), count) for t, count in enumerate(class_counts)]
+    rows = []
+    for task, (task_scores, task_targets) in enumerate(zip(scores_t.split(list(class_counts), dim=1), targets)):
+        positives = task_targets.sum(0).tolist()
+        for class_id, ap in enumerate(average_precision_per_class(task_scores, task_targets)):
+            rows.append((task, class_id, int(positives[class_id]), float(ap) * 100.0))
+    return rows
 
 
 def mean_auc(scores: ArrayLike, targets: ArrayLike) -> float:

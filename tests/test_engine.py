@@ -1,6 +1,7 @@
 """End-to-end training, evaluation, exact resumption and distributed equivalence on a tiny generated dataset."""
 from __future__ import annotations
 
+import csv
 import signal
 import sys
 import time
@@ -70,6 +71,18 @@ def test_fresh_process_test_equals_end_of_training_eval(uninterrupted: Path, dat
     assert (scores / "test.npz").is_file()
     segments = [line for line in (scores / "segments.jsonl").read_text().splitlines() if line]
     assert len(segments) == 12 * 2  # 12 test clips x 1 view x 2 replays
+    # The reproducibility kit: the clips of every split, the listed test clips present, per-class AP behind the mAP.
+    from playitback.data.annotations import read_annotations
+
+    for split, name in (("train", "train.csv"), ("val", "test.csv"), ("test", "test.csv")):
+        uids = [r.uid for r in read_annotations(data / "annotations" / name, "vggsound")]
+        assert (uninterrupted / "clips" / f"{split}.txt").read_text().splitlines() == uids
+    assert (test["clips_listed"], test["clips_present"]) == (12, 12)
+    assert "of its 12 clips have their audio (100.00%)" in (uninterrupted / "stdout.log").read_text()
+    rows = list(csv.DictReader((scores / "per_class.csv").open()))
+    names = (data / "annotations" / "classes.txt").read_text().splitlines()
+    assert [r["class_name"] for r in rows] == names and [int(r["positives"]) for r in rows] == [3, 3, 3, 3]
+    assert sum(float(r["AP"]) for r in rows) / 4 == pytest.approx(test["mAP"], abs=1e-3)
 
 
 def test_kill9_mid_epoch_then_same_command_resumes_exactly(uninterrupted: Path, data: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from playitback.metrics import (
     d_prime,
     mean_auc,
     mean_average_precision,
+    per_class_average_precision,
     topk_accuracy,
 )
 
@@ -62,6 +63,30 @@ def test_mean_average_precision_matches_sklearn_with_ties_and_empty_classes() ->
     assert mean_average_precision(scores, targets) == pytest.approx(100 * np.mean(per_class), abs=1e-9)
     assert mean_average_precision(torch.from_numpy(scores).float(), torch.from_numpy(targets)) == pytest.approx(
         100 * np.mean(per_class), abs=1e-4)
+
+
+def test_per_class_average_precision_matches_sklearn_for_every_label_format() -> None:
+    rng = np.random.default_rng(1)
+    scores, targets = _random_multi_hot(rng, 120, 6)
+    targets[:, 2] = 0
+    rows = per_class_average_precision(scores, targets, [6], multi_label=True)
+    assert [(t, c, p) for t, c, p, _ in rows] == [(0, c, int(targets[:, c].sum())) for c in range(6)]
+    for _, c, _, ap in rows:
+        if c == 2:
+            assert np.isnan(ap)
+        else:
+            assert ap == pytest.approx(100 * average_precision_score(targets[:, c], scores[:, c]), abs=1e-9)
+    assert np.nanmean([ap for *_, ap in rows]) == pytest.approx(mean_average_precision(scores, targets), abs=1e-9)
+    # Single-label: one class against the rest; two tasks (verb, noun): each head against its own labels.
+    labels = np.stack([rng.integers(0, 3, 120), rng.integers(0, 2, 120)], axis=1)
+    rows = per_class_average_precision(scores[:, :5], labels, [3, 2], multi_label=False)
+    assert [(t, c) for t, c, _, _ in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    verb_ap = average_precision_score(labels[:, 0] == 1, scores[:, 1])
+    assert rows[1][2] == int((labels[:, 0] == 1).sum()) and rows[1][3] == pytest.approx(100 * verb_ap, abs=1e-9)
+    noun_ap = average_precision_score(labels[:, 1] == 0, scores[:, 3])
+    assert rows[3][3] == pytest.approx(100 * noun_ap, abs=1e-9)
+    single = per_class_average_precision(scores[:, :3], labels[:, 0], [3], multi_label=False)
+    assert single == rows[:3]
 
 
 def test_mean_auc_matches_sklearn_and_skips_one_sided_classes() -> None:

@@ -176,6 +176,10 @@ class FileAudioReader:
         """The audio file of ``record`` (the source may contain dots, so the extension is appended, not swapped)."""
         return self.root / f"{record.source}{self.extension}"
 
+    def has_audio(self, record: ClipRecord) -> bool:
+        """Whether the record's file exists."""
+        return self.path(record).is_file()
+
     def __call__(self, record: ClipRecord) -> np.ndarray:
         """The record's ``[start_s, stop_s)`` segment as float32 ``[S]`` at ``sample_rate``."""
         return read_audio_file(self.path(record), self.sample_rate, record.start_s, record.stop_s)
@@ -227,6 +231,10 @@ class Hdf5AudioReader:
             )
             self._warned_rate = True
         return self.sample_rate
+
+    def has_audio(self, record: ClipRecord) -> bool:
+        """Whether the file holds the record's recording."""
+        return record.source in self._open()
 
     def __call__(self, record: ClipRecord) -> np.ndarray:
         """The record's ``[start_s, stop_s)`` segment of recording ``record.source``, float32 ``[S]``."""

@@ -500,8 +500,9 @@ class ShardAudioReader:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def __contains__(self, source: str) -> bool:
-        return self._find(source) is not None
+    def has_audio(self, record: ClipRecord) -> bool:
+        """Whether the pack holds the record's clip."""
+        return self._find(record.source) is not None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -35,9 +35,17 @@ from playitback.config import derived, dump_config
 from playitback.data.augment import MixUp
 from playitback.data.build import build_dataset, build_loader, build_pyramid, frontend_on_device
 from playitback.data.dataset import AudioClipDataset
+from playitback.data.records import ClipRecord
 from playitback.engine import checkpoint as ckpt
 from playitback.engine.learning_check import NotLearningCheck, chance_loss
 from playitback.engine.optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
+from playitback.engine.reproducibility import (
+    PER_CLASS_FILE,
+    task_class_names,
+    audio_coverage,
+    write_clip_ids,
+    write_per_class_csv,
+)
 from playitback.engine.task import ClassificationTask, SpecAugmentSettings
 from playitback.losses import PlayItBackLoss
 from playitback.metrics import ViewEnsemble, classification_metrics
@@ -469,6 +477,9 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     train_loader = build_loader(cfg, train_set, "train", rank, world)
     val_set = build_dataset(cfg, "val")
     val_loader = build_loader(cfg, val_set, "val", rank, world)
+    if du.is_main_process():
+        write_clip_ids(cfg.OUTPUT_DIR, "train", train_set.records)
+        write_clip_ids(cfg.OUTPUT_DIR, "val", val_set.records)
     sampler = train_loader.sampler
     iters_per_epoch = sampler.batches_per_epoch
     if cfg.TRAIN.MAX_ITERS_PER_EPOCH:
@@ -634,17 +645,23 @@ def test(cfg: CfgNode) -> dict[str, float]:
     test_set = build_dataset(cfg, "test")
     loader = build_loader(cfg, test_set, "test", rank, world)
     logger.info("testing %s on %d clips x %d views", path, len(test_set.records), test_set.num_views)
+    coverage: dict[str, int] = {}
+    if du.is_main_process():
+        write_clip_ids(cfg.OUTPUT_DIR, "test", test_set.records)
+        coverage = audio_coverage(test_set.reader.has_audio, test_set.records,
+                                 str(derived.dataset_files(cfg, "test").annotation_files[0]))
     metrics, details = evaluate(cfg, task, loader, test_set, collect_segments=cfg.TEST.SAVE_SEGMENTS)
     writer = build_writer(cfg)
-    writer.write({"split": "test_final", "checkpoint": str(path), **metrics})
+    writer.write({"split": "test_final", "checkpoint": str(path), **metrics, **coverage})
     writer.close()
     if du.is_main_process():
-        _write_scores(cfg, details)
+        _write_scores(cfg, details, test_set.records)
     return metrics
 
 
-def _write_scores(cfg: CfgNode, details: dict[str, Any]) -> None:
-    """OUTPUT_DIR/scores/<split>.npz (scores, per-view scores, labels, clip ids; numpy, no pickle) and segments.jsonl."""
+def _write_scores(cfg: CfgNode, details: dict[str, Any], records: list[ClipRecord]) -> None:
+    """OUTPUT_DIR/scores/<split>.npz (scores, per-view scores, labels, clip ids; numpy, no pickle), per_class.csv (AP
+    of every class) and segments.jsonl."""
     scores_dir = Path(cfg.OUTPUT_DIR) / "scores"
     scores_dir.mkdir(parents=True, exist_ok=True)
     name = cfg.EPICKITCHENS.TEST_SPLIT if cfg.TEST.DATASET == "epickitchens" else "test"
@@ -653,6 +670,10 @@ def _write_scores(cfg: CfgNode, details: dict[str, Any]) -> None:
     if cfg.TEST.SAVE_RESULTS_PATH:
         np.savez(Path(cfg.OUTPUT_DIR) / cfg.TEST.SAVE_RESULTS_PATH, scores=details["scores"].numpy(),
                  labels=details["labels"].numpy())
+    counts = derived.class_counts(cfg)
+    write_per_class_csv(scores_dir / PER_CLASS_FILE, details["scores"], details["labels"], counts,
+                        cfg.DATA.MULTI_LABEL, task_class_names(records, counts, cfg.MODEL.MULTITASK),
+                        ("verb", "noun") if cfg.MODEL.MULTITASK else ())
     if cfg.TEST.SAVE_SEGMENTS:
         with open(scores_dir / "segments.jsonl", "w") as handle:
             for record in details["segments"]:
