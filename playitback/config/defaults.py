@@ -403,6 +403,10 @@ _C.LOG_PERIOD = 10
 _C.LOG_MODEL_INFO = True
 # Backend on GPU; the CPU always uses gloo.
 _C.DIST_BACKEND = "nccl"
+# Seconds a collective (gradient all-reduce, barrier, gather) waits for the other processes before this process stops
+# with an error: the bound on how long a job hangs when one of its processes is stuck. A process that dies is noticed
+# at once (its connections close); the default is torch's.
+_C.DIST_TIMEOUT_SECS = 1800
 
 # Keys of the original that did nothing (or nothing correct). A YAML of the original that sets them still loads: they
 # are ignored with a warning instead of failing as unknown keys.

@@ -296,6 +296,8 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         errors.append(f"SHARD_ID ({cfg.SHARD_ID}) must be in [0, NUM_SHARDS ({cfg.NUM_SHARDS}))")
     if cfg.NUM_GPUS < 0:
         errors.append("NUM_GPUS must be >= 0 (0 runs on the CPU)")
+    if cfg.DIST_TIMEOUT_SECS <= 0:
+        errors.append(f"DIST_TIMEOUT_SECS ({cfg.DIST_TIMEOUT_SECS}) must be > 0 seconds")
     world = derived.world_size(cfg)
     for key in ("TRAIN.BATCH_SIZE", "TEST.BATCH_SIZE"):
         node, leaf = key.split(".")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -39,26 +40,74 @@ def launcher_process_info() -> ProcessInfo | None:
     return None
 
 
-def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str | None) -> None:
+def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str | None,
+                        timeout_s: float) -> None:
     if use_gpu:
         torch.cuda.set_device(info.local_rank)
     if info.world > 1:
+        timeout = timedelta(seconds=timeout_s)
+        store = _torchrun_attempt_store(info.world, timeout)
         dist.init_process_group(
             backend=backend if use_gpu else "gloo",
-            init_method=init_method or "env://",
+            init_method=None if store else init_method or "env://",
+            store=store,
             world_size=info.world,
             rank=info.rank,
+            timeout=timeout,
         )
+
+
+def _torchrun_attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, the rendezvous store of this restart attempt; None elsewhere (init_method is used).
+
+    torchrun's agent keeps one TCPStore for every restart of a static rendezvous (its default) and its workers join it
+    without a per-attempt prefix: the processes of a restarted group then read the addresses the previous attempt
+    published (gloo pairs, NCCL ids), connect to ports nobody listens on and fail or hang until the timeout. A key
+    prefix per restart attempt (TORCHELASTIC_RESTART_COUNT, the same in every worker of an attempt) isolates them.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"playitback/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+
+
+class LostProcessError(RuntimeError):
+    """A collective of a multi-process job failed: another process died, raised or is stuck."""
+
+
+def _is_collective_failure(err: BaseException) -> bool:
+    """Whether `err` came from the communication backend (a peer closed its connections, or a collective timed out)
+    rather than from this process's own work. NCCL and the rendezvous store raise DistError subclasses; gloo raises a
+    RuntimeError whose message names its transport source file."""
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo/transport" in str(err))
+
+
+def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInfo) -> Any:
+    """`func(cfg)` in a started process group, then leave the group. A failed collective is re-raised as a
+    LostProcessError that says what most likely happened and how the job continues."""
+    try:
+        return func(cfg)
+    except Exception as err:
+        if info.world > 1 and _is_collective_failure(err):
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LostProcessError(
+                f"process {info.rank} of {info.world} stops: a collective operation with the other processes failed "
+                f"({cause}). Another process of the job died, raised an error, or was stuck for more than "
+                f"DIST_TIMEOUT_SECS ({cfg.DIST_TIMEOUT_SECS} s); its own log names the cause. Nothing after the newest "
+                f"checkpoint in {cfg.OUTPUT_DIR}/checkpoints is saved: restarting the same command resumes from it "
+                "(torchrun --max-restarts N and a requeued SLURM job restart by themselves)"
+            ) from err
+        raise
+    finally:
+        destroy()
 
 
 def _spawned_worker(local_rank: int, func: Callable[..., Any], cfg: Any, init_method: str, num_gpus: int,
                     shard_id: int, num_shards: int, backend: str) -> None:
     info = ProcessInfo(shard_id * num_gpus + local_rank, num_gpus * num_shards, local_rank)
-    _init_process_group(info, True, backend, init_method)
-    try:
-        func(cfg)
-    finally:
-        destroy()
+    _init_process_group(info, True, backend, init_method, cfg.DIST_TIMEOUT_SECS)
+    _run_in_process_group(func, cfg, info)
 
 
 def launch_job(cfg: Any, init_method: str, func: Callable[[Any], Any]) -> Any:
@@ -69,11 +118,8 @@ def launch_job(cfg: Any, init_method: str, func: Callable[[Any], Any]) -> Any:
     if info is not None:
         # torchrun exports MASTER_ADDR/MASTER_PORT; under srun the sbatch script does, or --init_method names the host.
         method = "env://" if "MASTER_ADDR" in os.environ else init_method
-        _init_process_group(info, use_gpu, cfg.DIST_BACKEND, method)
-        try:
-            return func(cfg)
-        finally:
-            destroy()
+        _init_process_group(info, use_gpu, cfg.DIST_BACKEND, method, cfg.DIST_TIMEOUT_SECS)
+        return _run_in_process_group(func, cfg, info)
     if cfg.NUM_GPUS > 1:
         mp.spawn(
             _spawned_worker,
