@@ -53,10 +53,11 @@ def run_net(cfg: str, opts: list[str], env: dict[str, str] | None = None,
 
 
 def start_run_net(cfg: str, opts: list[str]) -> subprocess.Popen:
-    """Start tools/run_net.py in the background (stdout to a pipe)."""
+    """Start tools/run_net.py in the background (stdout to a pipe), in its own process group (its pid is the group id)
+    so that a test can signal it with its DataLoader workers, as SLURM and a terminal do."""
     command = [sys.executable, str(RUN_NET), "--cfg", str(REPO / cfg), *opts]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def metrics(output_dir: Path, split: str) -> list[dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import sys
 import time
@@ -109,7 +110,8 @@ def test_sigterm_saves_mid_epoch_and_resumes_exactly(uninterrupted: Path, data: 
     process = start_run_net(PLAYITBACK, opts)
     for line in process.stdout:
         if '"epoch": "2/3"' in line and '"iter": "1/3"' in line:
-            process.send_signal(signal.SIGTERM)
+            # To every process of the run, its DataLoader workers included, as SLURM signals a preempted job step.
+            os.killpg(process.pid, signal.SIGTERM)
             break
     output = process.stdout.read()
     assert process.wait() == 0, output

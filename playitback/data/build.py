@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,11 @@ def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = N
 def _worker_init(_: int) -> None:
     # Workers render spectrograms one clip at a time: one thread each avoids oversubscribing the cores.
     torch.set_num_threads(1)
+    # SLURM signals every process of a job step (SIGTERM on preemption, SIGUSR1 for the time-limit warning of
+    # tools/slurm/run_net.sbatch). The training process then saves a checkpoint at its next step, which needs its
+    # workers: they leave stopping to it (it shuts them down with its loader; a worker whose parent died exits alone).
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 def sample_weights(cfg: CfgNode, records: list[ClipRecord]) -> np.ndarray:
