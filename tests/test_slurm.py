@@ -82,8 +82,15 @@ def test_command_and_parameters_for_n_nodes_by_g_gpus(clean_env: pytest.MonkeyPa
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (2, 4, 4)
     assert params["slurm_signal_delay_s"] == 120 and params["slurm_additional_parameters"]["requeue"] is True
     assert params["slurm_partition"] == "gpu"
-    with pytest.raises(ValueError, match="--gpus-per-node must be >= 1"):
-        submit_slurm.slurm_parameters(1, 0, 8, 60, "pib")
+    cpu = submit_slurm.slurm_parameters(1, 0, 1, 60, "pib", tasks=2, signal_delay_s=30)
+    assert (cpu["tasks_per_node"], cpu["gpus_per_node"], cpu["slurm_signal_delay_s"]) == (2, 0, 30)
+    assert submit_slurm.slurm_parameters(1, 0, 1, 60, "pib")["tasks_per_node"] == 1
+    with pytest.raises(ValueError, match="--gpus-per-node must be >= 0"):
+        submit_slurm.slurm_parameters(1, -1, 8, 60, "pib")
+    with pytest.raises(ValueError, match=r"--tasks-per-node \(2\) must equal --gpus-per-node \(4\): one task per GPU"):
+        submit_slurm.slurm_parameters(1, 4, 8, 60, "pib", tasks=2)
+    with pytest.raises(ValueError, match="--signal-delay-s .* must be shorter than the time limit"):
+        submit_slurm.slurm_parameters(1, 0, 1, 1, "pib", signal_delay_s=60)
 
 
 def test_dry_run_validates_the_config(capsys: pytest.CaptureFixture, clean_env: pytest.MonkeyPatch) -> None:
@@ -92,6 +99,11 @@ def test_dry_run_validates_the_config(capsys: pytest.CaptureFixture, clean_env: 
     # 2 x 3 = 6 processes cannot split the demo's batch of 32.
     assert submit_slurm.main(["--cfg", DEMO_CFG, "--nodes", "2", "--gpus-per-node", "3", "--dry-run"]) == 2
     assert "TRAIN.BATCH_SIZE (32) must be a positive multiple of the number of processes (6)" in capsys.readouterr().err
+    # CPU processes: the world is nodes x --tasks-per-node, not NUM_GPUS.
+    assert submit_slurm.main(["--cfg", DEMO_CFG, "--gpus-per-node", "0", "--tasks-per-node", "3", "--dry-run"]) == 2
+    assert "must be a positive multiple of the number of processes (3)" in capsys.readouterr().err
+    assert submit_slurm.main(["--cfg", DEMO_CFG, "--gpus-per-node", "0", "--tasks-per-node", "4", "--dry-run"]) == 0
+    assert "each of the 4 tasks" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("result", "warned", "expected"), [
@@ -190,8 +202,13 @@ def _write_stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("warn", [True, False])
-def test_sbatch_template_with_fake_slurm(tmp_path: Path, warn: bool) -> None:
+@pytest.mark.parametrize(("warn", "gpus", "num_gpus"), [(True, {"SLURM_GPUS_ON_NODE": "4"}, "4"),
+                                                        (False, {"SLURM_GPUS_PER_NODE": "a100:4"}, "4"),
+                                                        (False, {"SLURM_GPUS_PER_NODE": "0"}, "0"),
+                                                        (True, {}, "0")])
+def test_sbatch_template_with_fake_slurm(tmp_path: Path, warn: bool, gpus: dict[str, str], num_gpus: str) -> None:
+    """The template's command line (NUM_GPUS from the job's GPUs: one task per GPU, or CPU processes without GPUs),
+    rendezvous, and requeue after the time-limit warning."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     _write_stub(stubs / "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
@@ -208,9 +225,10 @@ for _ in $(seq 300); do sleep 0.1; done
 ''' if warn else f'echo "$* $MASTER_ADDR:$MASTER_PORT" > {tmp_path}/task\n')
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "PYTHON": str(stubs / "fakepython"),
            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123", "SLURM_JOB_NUM_NODES": "2",
-           "SLURM_NTASKS_PER_NODE": "4"}
-    for var in ("MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
+           "SLURM_NTASKS_PER_NODE": "4", **gpus}
+    for var in ("MASTER_ADDR", "MASTER_PORT", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        if var not in gpus:
+            env.pop(var, None)
     script = REPO / "tools" / "slurm" / "run_net.sbatch"
     proc = subprocess.Popen(["bash", str(script), "--cfg", "c.yaml", "OUTPUT_DIR", "runs/x"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -223,7 +241,16 @@ for _ in $(seq 300); do sleep 0.1; done
     assert proc.returncode == 0, output
     task = (tmp_path / "task").read_text().split()
     assert task == ["tools/run_net.py", "--num_shards", "2", "--cfg", "c.yaml", "OUTPUT_DIR", "runs/x", "NUM_GPUS",
-                    "4", "gpu07:20123"]
+                    num_gpus, "gpu07:20123"]
     assert (tmp_path / "saved").exists() is warn
     assert ((tmp_path / "requeued").read_text().strip() if warn else not (tmp_path / "requeued").exists()) in (
         "123", True)
+
+
+def test_sbatch_template_wants_one_task_per_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "SLURM_JOB_NODELIST": "gpu07", "SLURM_JOB_ID": "5", "SLURM_NTASKS_PER_NODE": "2",
+           "SLURM_GPUS_ON_NODE": "8"}
+    result = subprocess.run(["bash", str(REPO / "tools" / "slurm" / "run_net.sbatch"), "--cfg", "c.yaml"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "one task per GPU: --ntasks-per-node (2) must equal the GPUs per node (8)" in result.stderr

@@ -2,19 +2,25 @@
 """Submit tools/run_net.py to a SLURM cluster with submitit: N nodes x G GPUs, one task per GPU, requeued when the
 time limit comes (and on preemption) and resumed from the last checkpoint.
 
-How a restart works: SLURM warns the job 120 s before its time limit (submitit asks for ``--signal=USR2@120``). The
-warning is handed to the trainer as SIGUSR1, so it saves a checkpoint at its next step and returns; the job then
-requeues itself through submitit's checkpoint mechanism with the unchanged command, and the restarted run
-auto-resumes from the newest valid checkpoint of OUTPUT_DIR. On preemption SLURM sends SIGTERM, the trainer saves the
-same way, and ``--requeue`` lets SLURM put the job back in the queue.
+How a restart works: SLURM warns the job 120 s before its time limit (submitit asks for ``--signal=USR2@120``;
+``--signal-delay-s`` changes it). The warning is handed to the trainer as SIGUSR1, so it saves a checkpoint at its
+next step and returns; the job then requeues itself through submitit's checkpoint mechanism with the unchanged
+command (at most ``--max-num-timeout`` times), and the restarted run auto-resumes from the newest valid checkpoint of
+OUTPUT_DIR. On preemption SLURM sends SIGTERM, the trainer saves the same way, and ``--requeue`` lets SLURM put the
+job back in the queue.
+
+``--gpus-per-node 0`` runs ``--tasks-per-node`` CPU processes per node (gloo backend, NUM_GPUS 0) instead of one task
+per GPU: a CPU-only cluster, or the local test cluster of tests/slurm/.
 
 submitit is optional: ``pip install submitit`` (or ``pip install -e .[slurm]``). Without it, use the sbatch template
 tools/slurm/run_net.sbatch.
 
-Example:
+Examples:
     python tools/submit_slurm.py --cfg configs/VGG-Sound/PlayItBackX2.yaml --nodes 2 --gpus-per-node 8 \\
         --partition gpu --timeout-min 1440 --logs runs/x2/slurm \\
         VGGSOUND.AUDIO_DATA_DIR /data/vggsound VGGSOUND.ANNOTATIONS_DIR data/VGG-Sound OUTPUT_DIR runs/x2
+    python tools/submit_slurm.py --cfg configs/Demo/PlayItBackX2.yaml --gpus-per-node 0 --tasks-per-node 2 \\
+        --cpus-per-task 1 --timeout-min 60 --logs runs/demo/slurm OUTPUT_DIR runs/demo
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from unittest import mock
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -91,8 +98,38 @@ def rendezvous_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def task_opts(opts: Sequence[str], gpus_per_node: int) -> list[str]:
-    """The user's KEY VALUE overrides with NUM_GPUS set to the GPUs of a node (one task per GPU)."""
+    """The user's KEY VALUE overrides with NUM_GPUS set to the GPUs of a node (one task per GPU; 0: CPU processes)."""
     return [*opts, "NUM_GPUS", str(gpus_per_node)]
+
+
+def tasks_per_node(gpus_per_node: int, requested: int | None) -> int:
+    """Tasks on each node: one per GPU, or `requested` CPU processes when the job has no GPU (default 1).
+
+    Raises:
+        ValueError: For a task count that is not one per GPU, or below 1.
+    """
+    if gpus_per_node > 0:
+        if requested not in (None, gpus_per_node):
+            raise ValueError(f"--tasks-per-node ({requested}) must equal --gpus-per-node ({gpus_per_node}): one task "
+                             "per GPU (pass --gpus-per-node 0 for CPU processes)")
+        return gpus_per_node
+    tasks = 1 if requested is None else requested
+    if tasks < 1:
+        raise ValueError(f"--tasks-per-node must be >= 1, got {tasks}")
+    return tasks
+
+
+def job_config(cfg_file: str, opts: Sequence[str], gpus_per_node: int, nodes: int, tasks: int) -> Any:
+    """The config as every task of the job will load it, with the job's world size (nodes x tasks): checked on the
+    login node, before anything is queued.
+
+    Raises:
+        ConfigError: As load_config.
+    """
+    as_a_task = {"SLURM_PROCID": "0", "SLURM_NTASKS": str(nodes * tasks)}
+    with mock.patch.dict(os.environ, as_a_task):
+        os.environ.pop("WORLD_SIZE", None)  # a launcher's variable of this shell is not the job's
+        return load_config(cfg_file, task_opts(opts, gpus_per_node), num_shards=nodes)
 
 
 def run_net_argv(cfg_file: str, opts: Sequence[str], gpus_per_node: int, nodes: int) -> list[str]:
@@ -101,25 +138,31 @@ def run_net_argv(cfg_file: str, opts: Sequence[str], gpus_per_node: int, nodes: 
 
 
 def slurm_parameters(nodes: int, gpus_per_node: int, cpus_per_task: int, timeout_min: int, job_name: str,
-                     partition: str | None = None, mem_gb: int | None = None,
-                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """submitit executor parameters: one task per GPU on every node, the 120 s time-limit warning, and requeue.
+                     partition: str | None = None, mem_gb: int | None = None, tasks: int | None = None,
+                     signal_delay_s: int = SIGNAL_DELAY_S, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """submitit executor parameters: one task per GPU on every node (or `tasks` CPU processes with no GPU), the
+    time-limit warning `signal_delay_s` before the end, and requeue.
 
     Raises:
-        ValueError: For a non-positive node, GPU, CPU or time count.
+        ValueError: For a non-positive node, CPU, time or task count, or a negative GPU count.
     """
-    for name, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("cpus_per_task", cpus_per_task),
-                        ("timeout_min", timeout_min)):
+    for name, value in (("nodes", nodes), ("cpus_per_task", cpus_per_task), ("timeout_min", timeout_min),
+                        ("signal_delay_s", signal_delay_s)):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if gpus_per_node < 0:
+        raise ValueError(f"--gpus-per-node must be >= 0 (0: CPU processes), got {gpus_per_node}")
+    if signal_delay_s >= timeout_min * 60:
+        raise ValueError(f"--signal-delay-s ({signal_delay_s}) must be shorter than the time limit "
+                         f"({timeout_min * 60} s)")
     params: dict[str, Any] = {
         "name": job_name,
         "nodes": nodes,
-        "tasks_per_node": gpus_per_node,
+        "tasks_per_node": tasks_per_node(gpus_per_node, tasks),
         "gpus_per_node": gpus_per_node,
         "cpus_per_task": cpus_per_task,
         "timeout_min": timeout_min,
-        "slurm_signal_delay_s": SIGNAL_DELAY_S,
+        "slurm_signal_delay_s": signal_delay_s,
         "slurm_additional_parameters": {"requeue": True, **(extra or {})},
     }
     if partition:
@@ -201,9 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config")
     parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 runs CPU processes")
+    parser.add_argument("--tasks-per-node", type=int, default=None,
+                        help="CPU processes per node with --gpus-per-node 0 (default 1); else the GPU count")
     parser.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per task (per GPU)")
     parser.add_argument("--timeout-min", type=int, default=72 * 60)
+    parser.add_argument("--signal-delay-s", type=int, default=SIGNAL_DELAY_S,
+                        help="seconds before the time limit at which the job saves and requeues itself")
+    parser.add_argument("--max-num-timeout", type=int, default=3,
+                        help="how many times the job may requeue itself at its time limit")
     parser.add_argument("--partition", default=None)
     parser.add_argument("--mem-gb", type=int, default=None)
     parser.add_argument("--job-name", default="playitback")
@@ -213,22 +262,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = slurm_parameters(args.nodes, args.gpus_per_node, args.cpus_per_task, args.timeout_min,
-                                  args.job_name, args.partition, args.mem_gb)
-        # Fail on the login node, not after queueing: NUM_GPUS x NUM_SHARDS is the job's world size here.
-        load_config(args.cfg, task_opts(args.opts, args.gpus_per_node), num_shards=args.nodes)
+                                  args.job_name, args.partition, args.mem_gb, tasks=args.tasks_per_node,
+                                  signal_delay_s=args.signal_delay_s)
+        # Fail on the login node, not after queueing.
+        job_config(args.cfg, args.opts, args.gpus_per_node, args.nodes, params["tasks_per_node"])
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     command = ["python", str(RUN_NET), *run_net_argv(args.cfg, args.opts, args.gpus_per_node, args.nodes)]
+    num_tasks = args.nodes * params["tasks_per_node"]
     if args.dry_run:
         print(f"submitit parameters: {params}")
-        print(f"each of the {args.nodes * args.gpus_per_node} tasks runs the equivalent of: {' '.join(command)}")
+        print(f"each of the {num_tasks} tasks runs the equivalent of: {' '.join(command)}")
         return 0
     submitit = import_submitit()
-    executor = submitit.AutoExecutor(folder=args.logs)
+    # cluster="slurm": without SLURM this fails instead of quietly training on the login node.
+    executor = submitit.AutoExecutor(folder=args.logs, cluster="slurm", slurm_max_num_timeout=args.max_num_timeout)
     executor.update_parameters(**params)
     job = executor.submit(RunNetJob(args.cfg, args.opts, args.gpus_per_node, args.nodes))
-    print(f"submitted job {job.job_id} ({args.nodes} node(s) x {args.gpus_per_node} GPU(s)); logs in {args.logs}")
+    devices = f"{args.gpus_per_node} GPU(s)" if args.gpus_per_node else f"{params['tasks_per_node']} CPU process(es)"
+    print(f"submitted job {job.job_id} ({args.nodes} node(s) x {devices}); logs in {args.logs}")
     return 0
 
 

@@ -136,10 +136,11 @@ def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = N
 def _worker_init(_: int) -> None:
     # Workers render spectrograms one clip at a time: one thread each avoids oversubscribing the cores.
     torch.set_num_threads(1)
-    # SLURM signals every process of a job step (SIGTERM on preemption, SIGUSR1 for the time-limit warning of
-    # tools/slurm/run_net.sbatch). The training process then saves a checkpoint at its next step, which needs its
-    # workers: they leave stopping to it (it shuts them down with its loader; a worker whose parent died exits alone).
-    for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+    # SLURM signals every process of a job step: SIGTERM on preemption, the time-limit warning (SIGUSR1 from
+    # tools/slurm/run_net.sbatch, SIGUSR2 from submitit). The training process then saves a checkpoint at its next
+    # step, which needs its workers: they leave stopping to it (it shuts them down with its loader; a worker whose
+    # parent died exits by itself) and must not run the handlers they inherited from it.
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(stop_signal, signal.SIG_IGN)
 
 

@@ -9,6 +9,7 @@ NCCL is used on GPUs and gloo on the CPU (NUM_GPUS 0).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,15 @@ def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInf
     except Exception as err:
         if info.world > 1 and _is_collective_failure(err):
             cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LostProcessError(
+            message = (
                 f"process {info.rank} of {info.world} stops: a collective operation with the other processes failed "
                 f"({cause}). Another process of the job died, raised an error, or was stuck for more than "
                 f"DIST_TIMEOUT_SECS ({cfg.DIST_TIMEOUT_SECS} s); its own log names the cause. Nothing after the newest "
                 f"checkpoint in {cfg.OUTPUT_DIR}/checkpoints is saved: restarting the same command resumes from it "
                 "(torchrun --max-restarts N and a requeued SLURM job restart by themselves)"
-            ) from err
+            )
+            logger.error(message)
+            raise LostProcessError(message) from err
         raise
     finally:
         destroy()
