@@ -1,6 +1,7 @@
 # playitback: every target sets up its own virtual environment first (a fresh machine needs nothing else).
 #   make test        the test suite (under 10 minutes on 2 CPU cores)
 #   make test-slow   also the slow end-to-end checks
+#   make test-slurm  multi-process jobs: a private SLURM cluster (needs slurm-wlm, munge, root) and torchrun restarts
 #   make demo        demo data -> encoder pretraining -> PlayItBack -> evaluation -> figures (CPU, minutes)
 #   make bench       the benchmarks, printing JSON lines
 PYTHON ?= python3
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= demo_data
 DEMO_RUNS ?= demo_runs
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow test-slurm demo bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +28,14 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not slurm"
 
 test-slow: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slurm"
+
+# -v and --durations: the log names every test and what it took (CI shows the SLURM tests ran, not skipped).
+test-slurm: setup
+	$(PY) -m pytest -v -m slurm --durations=0 tests/slurm
 
 demo: setup
 	$(PY) tools/demo.py --data $(DEMO_DATA) --runs $(DEMO_RUNS) --figs figs

@@ -1,0 +1,94 @@
+"""Helpers of the multi-process job tests: the runs' settings, comparisons with the reference run, log watching.
+
+Every run here trains the demo PlayItBack (X2, tiny size) for 2 epochs of 12 iterations (global batch 8) with 2
+processes (gloo, 1 DataLoader worker each), so that a run can be interrupted in the middle of epoch 2.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_utils import REPO, metrics, run_opts
+
+PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
+EPOCHS, ITERS_PER_EPOCH = 2, 12
+METRIC_KEYS = ("top1_acc", "top5_acc", "mAP", "AUC", "dprime", "loss")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+def job_opts(data: Path, output_dir: Path) -> list[str]:
+    """The overrides of every run of this folder. DIST_TIMEOUT_SECS bounds any hang to 2 minutes."""
+    return run_opts(data, output_dir, epochs=EPOCHS, batch=8, workers=1) + ["DIST_TIMEOUT_SECS", "120"]
+
+
+def run_command(output_dir: Path, data: Path) -> list[str]:
+    """tools/run_net.py and its arguments for a run writing to `output_dir`."""
+    return [str(REPO / "tools" / "run_net.py"), "--cfg", str(REPO / PLAYITBACK), *job_opts(data, output_dir)]
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    path = output_dir / "checkpoints" / f"checkpoint_epoch_{EPOCHS:05d}.pyth"
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+
+
+def assert_same_run(reference: Path, run: Path) -> float:
+    """Final weights and final validation metrics of `run` equal the reference's bit for bit (same processes, same
+    seeds: a resumed run replays exactly what the uninterrupted one did). Returns the largest weight difference."""
+    expected, found = final_weights(reference), final_weights(run)
+    assert expected.keys() == found.keys()
+    largest = max(float((expected[k].double() - found[k].double()).abs().max()) for k in expected if expected[k].numel())
+    for key in expected:
+        assert torch.equal(expected[key], found[key]), f"{key} differs by up to {largest:.3g}"
+    val_expected, val_found = metrics(reference, "val_epoch"), metrics(run, "val_epoch")
+    assert [r["epoch"] for r in val_found][-1] == EPOCHS
+    assert {k: val_found[-1][k] for k in METRIC_KEYS} == {k: val_expected[-1][k] for k in METRIC_KEYS}
+    return largest
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float, alive: Callable[[], bool] = lambda: True,
+             poll_s: float = 0.1) -> None:
+    """Poll `condition` until true; fail naming `what` after `timeout_s`, or as soon as `alive()` turns false."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if not alive():
+            pytest.fail(f"the run ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def in_epoch(output_dir: Path, epoch: int, iteration: int) -> bool:
+    """Whether the run logged iteration `iteration` of `epoch` (its main process's OUTPUT_DIR/stdout.log)."""
+    log = output_dir / "stdout.log"
+    if not log.is_file():
+        return False
+    marker = f'"epoch": "{epoch}/{EPOCHS}", "eta": '
+    return any(marker in line and f'"iter": "{iteration}/{ITERS_PER_EPOCH}"' in line
+               for line in log.read_text().splitlines())
+
+
+def resumed_iterations(output_dir: Path) -> list[tuple[int, int]]:
+    """(epoch, iteration) of every resumption the run logged."""
+    text = (output_dir / "stdout.log").read_text()
+    return [(int(e), int(i)) for e, i in re.findall(r"resumed from \S+: epoch (\d+), iteration (\d+)", text)]
+
+
+def pending_signals(pid: int) -> set[int]:
+    """Signals delivered to a process but not handled yet (a stopped process keeps them pending)."""
+    pending = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("SigPnd:", "ShdPnd:")):
+                pending |= int(line.split()[1], 16)
+    return {bit + 1 for bit in range(64) if pending >> bit & 1}
