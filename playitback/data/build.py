@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,12 +138,29 @@ def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = N
 def _worker_init(_: int) -> None:
     # Workers render spectrograms one clip at a time: one thread each avoids oversubscribing the cores.
     torch.set_num_threads(1)
-    # SLURM signals every process of a job step: SIGTERM on preemption, the time-limit warning (SIGUSR1 from
-    # tools/slurm/run_net.sbatch, SIGUSR2 from submitit). The training process then saves a checkpoint at its next
-    # step, which needs its workers: they leave stopping to it (it shuts them down with its loader; a worker whose
-    # parent died exits by itself) and must not run the handlers they inherited from it.
-    for stop_signal in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(stop_signal, signal.SIG_IGN)
+    _leave_job_signals_to_the_parent()
+
+
+def _leave_job_signals_to_the_parent() -> None:
+    """Keep a DataLoader worker alive through the signals a job scheduler sends to every process of a job.
+
+    SLURM signals every process of a job step: SIGTERM on preemption, the time-limit warning (SIGUSR1 from
+    tools/slurm/run_net.sbatch, SIGUSR2 from submitit). The training process then saves a checkpoint at its next step,
+    which needs its workers, so they leave stopping to it: the warnings are ignored, and SIGTERM ends a worker only when
+    its own training process sends it (its loader shutting down, or multiprocessing at exit), as torch's worker
+    handler does. Blocked in every thread, SIGTERM is taken by one waiting thread, which reads who sent it.
+    """
+    for warning in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(warning, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    parent = os.getppid()
+
+    def exit_when_the_parent_terminates() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=exit_when_the_parent_terminates, name="sigterm-from-parent", daemon=True).start()
 
 
 def sample_weights(cfg: CfgNode, records: list[ClipRecord]) -> np.ndarray:

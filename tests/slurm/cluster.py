@@ -86,6 +86,10 @@ class LocalSlurmCluster:
     # Set-up.
     # -----------------------------------------------------------------------------------------------------------------
     def _write_files(self) -> None:
+        closed = [str(folder) for folder in self.root.parents if not folder.stat().st_mode & 0o001]
+        if closed:
+            raise ClusterUnavailable(f"munged needs every folder above its socket to be open to all (o+x), and "
+                                     f"{', '.join(closed)} is not: put the cluster under /tmp, for instance")
         key_dir, run_dir = self.root / "munge", self.root / "run"
         for folder in (key_dir, run_dir, self.root / "state", self.root / "spool", self.logs):
             folder.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -92,3 +93,15 @@ def pending_signals(pid: int) -> set[int]:
             if line.startswith(("SigPnd:", "ShdPnd:")):
                 pending |= int(line.split()[1], 16)
     return {bit + 1 for bit in range(64) if pending >> bit & 1}
+
+
+def signal_reached(tasks: list[psutil.Process], signum: int) -> bool:
+    """Whether `signum` reached every one of the (stopped) `tasks`: pending in it, or already handled (slurmstepd
+    sends SIGCONT with some signals, and a task that handled it may have ended)."""
+    for task in tasks:
+        try:
+            if task.status() == psutil.STATUS_STOPPED and signum not in pending_signals(task.pid):
+                return False
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            continue
+    return True

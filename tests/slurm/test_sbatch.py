@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalSlurmCluster
-from jobs import (ITERS_PER_EPOCH, PLAYITBACK, REPO, assert_same_run, in_epoch, job_opts, pending_signals,
+from jobs import (ITERS_PER_EPOCH, PLAYITBACK, REPO, assert_same_run, in_epoch, job_opts, signal_reached,
                   resumed_iterations, wait_for)
 
 pytestmark = pytest.mark.slurm
@@ -92,7 +92,7 @@ def test_job_at_its_time_limit_saves_requeues_itself_and_finishes(slurm_cluster:
     slurm_cluster.command("scontrol", "update", f"JobId={job}", f"TimeLimit={limit_min}")
     tasks = slurm_cluster.job_processes(job, "tools/run_net.py")
     assert len(tasks) >= 2, tasks
-    wait_for(lambda: all(signal.SIGUSR1 in pending_signals(task.pid) for task in tasks),
+    wait_for(lambda: signal_reached(tasks, signal.SIGUSR1),
              "SLURM's time-limit warning (USR1 forwarded by the template)", 90)
     slurm_cluster.command("scancel", "--signal", "CONT", job)
     wait_for(lambda: slurm_cluster.job(job).get("Restarts", "0") != "0", "the job to requeue itself", 120)
