@@ -33,8 +33,11 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m "not slurm"
 
-# -v and --durations: the log names every test and what it took (CI shows the SLURM tests ran, not skipped).
+# Installs slurm-wlm and munge where it can (root, apt-get). -v and --durations: the log names every test and what it
+# took (CI shows the SLURM tests ran, not skipped).
 test-slurm: setup
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+		tests/install_debian.sh "the SLURM cluster tests of tests/slurm" slurm-wlm munge
 	$(PY) -m pytest -v -m slurm --durations=0 tests/slurm
 
 demo: setup

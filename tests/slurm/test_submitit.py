@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalSlurmCluster
-from jobs import (ITERS_PER_EPOCH, PLAYITBACK, REPO, assert_same_run, in_epoch, job_opts, signal_reached,
-                  resumed_iterations, wait_for)
+from jobs import (ITERS_PER_EPOCH, PLAYITBACK, REPO, assert_same_run, in_epoch, job_opts, resumed_iterations,
+                  signal_reached, wait_for)
 
 pytestmark = pytest.mark.slurm
 
