@@ -5,8 +5,10 @@ processes (gloo, 1 DataLoader worker each), so that a run can be interrupted in 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -16,11 +18,13 @@ import psutil
 import pytest
 import torch
 
+from cluster import LocalSlurmCluster
 from engine_utils import REPO, metrics, run_opts
 
 PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
 EPOCHS, ITERS_PER_EPOCH = 2, 12
 METRIC_KEYS = ("top1_acc", "top5_acc", "mAP", "AUC", "dprime", "loss")
+JOB_TIMEOUT_S = 300
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
@@ -105,3 +109,50 @@ def signal_reached(tasks: list[psutil.Process], signum: int) -> bool:
         except (psutil.NoSuchProcess, FileNotFoundError):
             continue
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SLURM jobs (tests/slurm/test_jobs.py).
+# ---------------------------------------------------------------------------------------------------------------------
+def job_alive(cluster: LocalSlurmCluster, job_id: str) -> bool:
+    return cluster.job(job_id).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "COMPLETING")
+
+
+def wait_until_mid_epoch(cluster: LocalSlurmCluster, job_id: str, output_dir: Path) -> None:
+    """Wait until the job's run logged iteration 3 of epoch 2."""
+    wait_for(lambda: in_epoch(output_dir, 2, 3), "iteration 3 of epoch 2", JOB_TIMEOUT_S,
+             alive=lambda: job_alive(cluster, job_id))
+
+
+def finish(cluster: LocalSlurmCluster, job_id: str, logs: Callable[[], str]) -> dict[str, str]:
+    """Wait for the job to end; it must have COMPLETED (else fail with its fields and the end of `logs()`)."""
+    info = cluster.wait_for_job(job_id, JOB_TIMEOUT_S)
+    assert info["JobState"] == "COMPLETED", f"job {job_id}: {info}\n{logs()[-4000:]}"
+    return info
+
+
+def meet_time_limit_mid_epoch(cluster: LocalSlurmCluster, job_id: str, task_command: str, warning: int) -> None:
+    """Bring the running job's time limit close, now, so that SLURM's warning lands in the middle of an epoch.
+
+    The job's limit is cut to 1.5-2.5 minutes from now: SLURM sends the warning (asked for 120 s before the limit) at
+    its next periodic check, which comes every 30 s. Until the warning has reached the tasks (`task_command` in their
+    command line) they are held with SIGSTOP, so that the run cannot end first however the check falls. Once the job
+    has requeued itself its limit is given back, so that the requeued job is not warned at once.
+    """
+    cluster.command("scancel", "--signal", "STOP", job_id)  # the job steps, not the batch shell
+    limit_min = math.ceil((cluster.run_seconds(job_id) + 90) / 60)
+    cluster.command("scontrol", "update", f"JobId={job_id}", f"TimeLimit={limit_min}")
+    tasks = cluster.job_processes(job_id, task_command)
+    assert len(tasks) == 2, tasks
+    wait_for(lambda: signal_reached(tasks, warning), f"SLURM's time-limit warning ({signal.Signals(warning).name})",
+             90)
+    cluster.command("scancel", "--signal", "CONT", job_id)
+    wait_for(lambda: cluster.job(job_id).get("Restarts", "0") != "0", "the job to requeue itself", 120)
+    cluster.command("scontrol", "update", f"JobId={job_id}", "TimeLimit=10")
+
+
+def assert_resumed_mid_epoch(output_dir: Path, stopped_by: str) -> None:
+    """The run stopped once on `stopped_by`, in epoch 2 after iteration 3, and resumed once from that position."""
+    assert f"stopped by {stopped_by}" in (output_dir / "stdout.log").read_text()
+    [(epoch, iteration)] = resumed_iterations(output_dir)
+    assert epoch == 2 and 3 <= iteration < ITERS_PER_EPOCH
