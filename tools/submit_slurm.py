@@ -30,10 +30,10 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from unittest import mock
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

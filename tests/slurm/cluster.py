@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -86,6 +87,7 @@ class LocalSlurmCluster:
     # Set-up.
     # -----------------------------------------------------------------------------------------------------------------
     def _write_files(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         closed = [str(folder) for folder in self.root.parents if not folder.stat().st_mode & 0o001]
         if closed:
             raise ClusterUnavailable(f"munged needs every folder above its socket to be open to all (o+x), and "
@@ -148,7 +150,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                                                start_new_session=True)
         out.close()
 
-    def _wait(self, what: str, ready, timeout_s: float) -> None:
+    def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
             for name, process in self._daemons.items():

@@ -119,9 +119,12 @@ def job_alive(cluster: LocalSlurmCluster, job_id: str) -> bool:
 
 
 def wait_until_mid_epoch(cluster: LocalSlurmCluster, job_id: str, output_dir: Path) -> None:
-    """Wait until the job's run logged iteration 3 of epoch 2."""
+    """Wait until the job's run logged iteration 3 of epoch 2, then hold its tasks (SIGSTOP) so that the epoch cannot
+    end before what the test does next, however fast the steps are. SLURM sends SIGCONT before the signals of a
+    requeue; `meet_time_limit_mid_epoch` resumes the tasks itself."""
     wait_for(lambda: in_epoch(output_dir, 2, 3), "iteration 3 of epoch 2", JOB_TIMEOUT_S,
              alive=lambda: job_alive(cluster, job_id))
+    cluster.command("scancel", "--signal", "STOP", job_id)  # the job steps, not the batch shell
 
 
 def finish(cluster: LocalSlurmCluster, job_id: str, logs: Callable[[], str]) -> dict[str, str]:
@@ -134,12 +137,12 @@ def finish(cluster: LocalSlurmCluster, job_id: str, logs: Callable[[], str]) -> 
 def meet_time_limit_mid_epoch(cluster: LocalSlurmCluster, job_id: str, task_command: str, warning: int) -> None:
     """Bring the running job's time limit close, now, so that SLURM's warning lands in the middle of an epoch.
 
-    The job's limit is cut to 1.5-2.5 minutes from now: SLURM sends the warning (asked for 120 s before the limit) at
-    its next periodic check, which comes every 30 s. Until the warning has reached the tasks (`task_command` in their
-    command line) they are held with SIGSTOP, so that the run cannot end first however the check falls. Once the job
-    has requeued itself its limit is given back, so that the requeued job is not warned at once.
+    The job's tasks (`task_command` in their command line) are held by `wait_until_mid_epoch`. Its limit is cut to
+    1.5-2.5 minutes from now: SLURM sends the warning (asked for 120 s before the limit) at its next periodic check,
+    which comes every 30 s. Once the warning has reached the held tasks they are resumed, so that the run cannot end
+    first however the check falls. Once the job has requeued itself its limit is given back, so that the requeued job
+    is not warned at once.
     """
-    cluster.command("scancel", "--signal", "STOP", job_id)  # the job steps, not the batch shell
     limit_min = math.ceil((cluster.run_seconds(job_id) + 90) / 60)
     cluster.command("scontrol", "update", f"JobId={job_id}", f"TimeLimit={limit_min}")
     tasks = cluster.job_processes(job_id, task_command)

@@ -68,7 +68,10 @@ def test_torchrun_restarts_a_group_whose_process_was_killed_and_resumes_exactly(
     agent = start(torchrun(1) + run_command(tmp_path, job_data))
     wait_for(lambda: in_epoch(tmp_path, 2, 3), "iteration 3 of epoch 2", RUN_TIMEOUT_S,
              alive=lambda: agent.poll() is None)
-    torchrun_worker(agent, 1).kill()  # SIGKILL: nothing of epoch 2 is saved
+    survivor, victim = torchrun_worker(agent, 0), torchrun_worker(agent, 1)
+    survivor.suspend()  # held, so that epoch 2 cannot end before the kill however fast the steps are
+    victim.kill()  # SIGKILL: nothing of epoch 2 is saved
+    survivor.resume()
     output = communicate(agent)
     assert agent.returncode == 0, output[-4000:]
     assert "exitcode: -9" in output, output[-4000:]
@@ -97,7 +100,7 @@ def start_two_processes(command: list[str], timeout_s: int) -> list[subprocess.P
 
 
 def survivor_stops(survivor: subprocess.Popen, within_s: float) -> tuple[str, float]:
-    """The survivor's output and how long it took to exit after the fault; it must exit with an error in time."""
+    """The survivor's output and how long it took to exit from now (the fault); it must exit with an error in time."""
     start_s = time.monotonic()
     output = communicate(survivor, within_s)
     took = time.monotonic() - start_s
@@ -124,7 +127,9 @@ def test_survivor_stops_with_a_clear_error_instead_of_hanging(job_data: Path, tm
         else:
             wait_for(lambda: in_epoch(tmp_path, 1, 3), "iteration 3 of epoch 1", RUN_TIMEOUT_S,
                      alive=lambda: survivor.poll() is None)
+            survivor.send_signal(signal.SIGSTOP)  # held while the fault is made, so that it comes mid-epoch
             peer.send_signal(signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+            survivor.send_signal(signal.SIGCONT)
         output, took = survivor_stops(survivor, within_s=timeout_s + 60)
         assert f"DIST_TIMEOUT_SECS ({timeout_s} s)" in output
         if fault == "stuck":
