@@ -99,12 +99,14 @@ def window_starts(num_samples: int, clip_samples: int, hop_samples: int) -> list
 
 @torch.no_grad()
 def analyse_crops(cfg: CfgNode, model: nn.Module, crops: Tensor, starts_s: list[float],
-                  pyramid: nn.Module | None = None) -> list[CropAnalysis]:
+                  pyramid: nn.Module | None = None, valid_samples: list[int] | None = None) -> list[CropAnalysis]:
     """Run the model on crops [B, N] (already cut or zero-padded to the clip length) whose starts in the audio are
-    `starts_s`; returns one :class:`CropAnalysis` per crop."""
+    `starts_s` and which hold `valid_samples` samples of audio each (None: all); returns one :class:`CropAnalysis`
+    per crop. Short crops are padded as in training (AUDIO_DATA.PAD_MODE)."""
     device = next(model.parameters()).device
     pyramid = (pyramid or build_pyramid(cfg)).to(device)
-    playbacks = pyramid(crops.to(device))
+    valid = None if valid_samples is None else torch.tensor(valid_samples, device=device)
+    playbacks = pyramid(crops.to(device), valid)
     outputs = model(playbacks)
     counts = derived.class_counts(cfg)
     probs = probabilities(outputs["logits"].float(), counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
@@ -143,14 +145,18 @@ def saliency_on_playback0_frames(saliency: Tensor, frame_times: Tensor) -> np.nd
     return out
 
 
-def crop_windows(waveform: np.ndarray, clip_samples: int, hop_samples: int) -> tuple[Tensor, list[int]]:
-    """Cut a recording [N_total] into analysis crops [B, clip_samples] (zero-padded at the end) and their starts."""
+def crop_windows(waveform: np.ndarray, clip_samples: int, hop_samples: int
+                 ) -> tuple[Tensor, list[int], list[int]]:
+    """Cut a recording [N_total] into analysis crops [B, clip_samples] (zero-padded at the end); returns them, their
+    starts and the samples of audio each holds."""
     starts = window_starts(waveform.shape[0], clip_samples, hop_samples)
     crops = np.zeros((len(starts), clip_samples), dtype=np.float32)
+    valid = []
     for row, start in enumerate(starts):
         piece = waveform[start:start + clip_samples]
         crops[row, : piece.shape[0]] = piece
-    return torch.from_numpy(crops), starts
+        valid.append(piece.shape[0])
+    return torch.from_numpy(crops), starts, valid
 
 
 @dataclass

@@ -368,13 +368,15 @@ class EnsembleResult(NamedTuple):
         scores: Ensembled scores, shape [N, K].
         per_view: Scores of every view, shape [N, V, K]; NaN where a view never arrived.
         labels: Labels per clip, shape [N, *label_shape] as passed to ``add``.
-        missing: Indices of the clips that did not get all V views.
+        missing: Indices of the clips that got some but not all V views.
+        received: bool [N]: the clips that got at least one view (a clip with none has no score to rank).
     """
 
     scores: Tensor
     per_view: Tensor
     labels: Tensor
     missing: list[int]
+    received: Tensor
 
 
 class ViewEnsemble:
@@ -453,13 +455,14 @@ class ViewEnsemble:
         self.seen[clips, views] = True
 
     def finalize(self) -> EnsembleResult:
-        """Ensembles the views; logs a warning listing clips that miss views.
+        """Ensembles the views; logs a warning listing clips that miss some of their views.
 
-        Clips with missing views are ensembled over the views they got (a clip with none gets 0 for "sum" and -inf
-        for "max").
+        Clips with missing views are ensembled over the views they got. A clip with none gets 0 for "sum" and -inf
+        for "max" and is marked not ``received``: leave it out of the metrics (the engine does).
 
         Returns:
-            :class:`EnsembleResult` (scores [N, K], per_view [N, V, K], labels [N, ...], missing clip indices).
+            :class:`EnsembleResult` (scores [N, K], per_view [N, V, K], labels [N, ...], missing clip indices,
+            received [N]).
         """
         if self.labels is None:
             raise ValueError("ViewEnsemble.finalize called before any add()")
@@ -468,10 +471,11 @@ class ViewEnsemble:
             scores = torch.where(seen, self.per_view, 0.0).sum(dim=1)
         else:
             scores = torch.where(seen, self.per_view, -math.inf).amax(dim=1)
-        missing = torch.nonzero(~self.seen.all(dim=1)).flatten().tolist()
+        received = self.seen.any(dim=1)
+        missing = torch.nonzero(received & ~self.seen.all(dim=1)).flatten().tolist()
         if missing:
             logger.warning(
                 "%d of %d clips did not get all %d views (first: %s); their scores use only the views received",
                 len(missing), self.seen.shape[0], self.seen.shape[1], missing[:10],
             )
-        return EnsembleResult(scores, self.per_view.clone(), self.labels.clone(), missing)
+        return EnsembleResult(scores, self.per_view.clone(), self.labels.clone(), missing, received)

@@ -16,6 +16,7 @@ from playitback.data.annotations import (
     class_index_from_records,
     class_names_from_records,
     read_annotations,
+    relabel_records,
     write_records_csv,
 )
 from playitback.data.records import ClipRecord
@@ -188,9 +189,12 @@ def test_project_csv_round_trip(tmp_path: Path) -> None:
     write_records_csv(records, path)
     for dataset in ("vggsound", "audioset", "epickitchens"):
         assert read_annotations(path, dataset) == records
-    remapped = read_annotations(path, "vggsound", class_index={"dog, barking": 0, "x": 1, "y": 2, "z": 3,
-                                                                "take": 4, "cup": 5})
-    assert remapped[1].labels == (1, 2, 3)
+    other_map = {"dog, barking": 0, "x": 1, "y": 2, "z": 3, "take": 4, "cup": 5}
+    # Reading checks stored ids against a map; converting to another map is explicit.
+    with pytest.raises(AnnotationError, match="class 'dog, barking' has id 3 in this file but 0 in the run's class map"):
+        read_annotations(path, "vggsound", class_index=other_map)
+    remapped = relabel_records(records[:3], other_map)
+    assert [r.labels for r in remapped] == [(0,), (1, 2, 3), (4, 5)]
     with pytest.raises(AnnotationError, match="contains ';'"):
         write_records_csv([ClipRecord("a", "a", (0,), label_names=("x;y",))], tmp_path / "bad.csv")
 

@@ -13,6 +13,7 @@ from engine_utils import TINY_MODEL, make_tiny_dataset, run_net, run_opts
 from playitback.config import ConfigError, load_config
 from playitback.data.build import build_dataset
 from playitback.data.events import event_frame_mask, load_event_spans
+from playitback.data.spectrogram import playback_pyramid
 from playitback.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,19 @@ def test_event_frames_are_those_whose_centre_is_inside_an_event() -> None:
     # An event from 1.1 to 1.3 s holds one frame centre: 1.25 s, frame 3.
     assert event_frame_mask([(1.1, 1.3)], 0.5, 2.0, 8).tolist() == [False] * 3 + [True] + [False] * 4
     assert not event_frame_mask([], 0.0, 2.0, 8).any()
+
+
+def test_event_mask_marks_the_frame_where_the_spectrogram_shows_the_event() -> None:
+    """A click at sample n is loudest in the playback-0 frame centred nearest n; an event of a quarter hop around the
+    click marks exactly that frame (frame centres at (k + 0.5) * hop would mark none)."""
+    rate, frames0, hop = 16000, 16, 2000
+    for click in (5 * hop, 9 * hop + 100):
+        wave = torch.zeros(frames0 * hop)
+        wave[click] = 1.0
+        loudest = playback_pyramid(wave, rate, 1, frames0=frames0)[0].exp().sum(dim=1).argmax().item()
+        spans = [((click - hop / 4) / rate, (click + hop / 4) / rate)]
+        marked = event_frame_mask(spans, 0.0, frames0 * hop / rate, frames0).nonzero().flatten().tolist()
+        assert marked == [loudest] == [round(click / hop)]
 
 
 def test_events_file_rows_and_errors(tmp_path: Path) -> None:

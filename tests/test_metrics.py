@@ -204,7 +204,9 @@ def test_view_ensemble_missing_views_warn(caplog: pytest.LogCaptureFixture) -> N
             torch.tensor([[1, 0], [1, 0], [0, 1]]))
     with caplog.at_level(logging.WARNING, logger="playitback.metrics"):
         result = ens.finalize()
-    assert result.missing == [1, 2]
+    # Clip 1 misses a view; clip 2 got none, so it is not received (the engine leaves it out of the metrics).
+    assert result.missing == [1]
+    assert result.received.tolist() == [True, True, False]
     assert "did not get all 2 views" in caplog.text
     assert result.scores[0].tolist() == [2.0, -5.0]
     assert result.scores[1].tolist() == [3.0, 4.0]

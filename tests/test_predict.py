@@ -67,6 +67,10 @@ def _reference_window_probs(setup: dict, path: Path, starts_s: list[float]) -> n
         crop[: len(piece)] = piece
         playbacks = playback_pyramid(torch.from_numpy(crop)[None], 16000, 3, frames0=32, window_ms=20,
                                      n_mels=cfg.AUDIO_DATA.NUM_FREQUENCIES)
+        if len(piece) < 16000:  # as in training (AUDIO_DATA.PAD_MODE edge): the last frame inside the audio repeats
+            for i, playback in enumerate(playbacks):
+                last = len(piece) // round(16000 / (32 * (i + 1)))
+                playback[0, last + 1:] = playback[0, last]
         with torch.no_grad():
             probs.append(model(playbacks)["logits"].softmax(-1)[0].numpy())
     return np.array(probs)

@@ -53,13 +53,15 @@ def plot_run(cfg_file: str | Path, opts: Sequence[str], checkpoint: str | Path, 
             chosen.append(record)
         if len(chosen) == num_clips:
             break
-    crops, starts = [], []
+    crops, starts, valid = [], [], []
     for record in chosen:
         segment = reader(record)
         start = crop_start(segment.shape[0], clip, "test", 0, 1, None)
-        crops.append(torch.from_numpy(np.ascontiguousarray(crop_or_pad(segment, start, clip), dtype=np.float32)))
+        crop, samples = crop_or_pad(segment, start, clip)
+        crops.append(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)))
         starts.append(record.start_s + start / cfg.AUDIO_DATA.SAMPLING_RATE)
-    analyses = analyse_crops(cfg, model, torch.stack(crops), starts)
+        valid.append(samples)
+    analyses = analyse_crops(cfg, model, torch.stack(crops), starts, valid_samples=valid)
     paths = []
     for record, analysis in zip(chosen, analyses):
         predicted = int(analysis.probabilities.argmax())

@@ -147,14 +147,15 @@ def top_k(probabilities: np.ndarray, names: Sequence[str], k: int) -> list[dict[
 
 
 def _batches(files: Sequence[Path], cfg: CfgNode, hop_s: float, batch_size: int,
-             problems: list[tuple[Path, str]]) -> Iterator[tuple[torch.Tensor, list[tuple[int, float]], list[float]]]:
-    """Windows of every readable file, `batch_size` at a time: (crops [B, N], (file index, start_s) per row,
-    durations of the files opened so far). Unreadable files go to `problems`."""
+             problems: list[tuple[Path, str]]
+             ) -> Iterator[tuple[torch.Tensor, list[tuple[int, float, int]], list[float]]]:
+    """Windows of every readable file, `batch_size` at a time: (crops [B, N], (file index, start_s, samples of audio)
+    per row, durations of the files opened so far). Unreadable files go to `problems`."""
     rate = cfg.AUDIO_DATA.SAMPLING_RATE
     clip = derived.clip_samples(cfg)
     hop = max(1, int(round(hop_s * rate)))
     crops: list[torch.Tensor] = []
-    owners: list[tuple[int, float]] = []
+    owners: list[tuple[int, float, int]] = []
     durations: list[float] = []
     for index, path in enumerate(files):
         try:
@@ -166,10 +167,10 @@ def _batches(files: Sequence[Path], cfg: CfgNode, hop_s: float, batch_size: int,
             durations.append(float("nan"))
             continue
         durations.append(waveform.shape[0] / rate)
-        windows, starts = crop_windows(waveform, clip, hop)
-        for row, start in enumerate(starts):
+        windows, starts, valid = crop_windows(waveform, clip, hop)
+        for row, (start, samples) in enumerate(zip(starts, valid)):
             crops.append(windows[row])
-            owners.append((index, start / rate))
+            owners.append((index, start / rate, samples))
             if len(crops) == batch_size:
                 yield torch.stack(crops), owners, durations
                 crops, owners = [], []
@@ -200,8 +201,9 @@ def predict_files(cfg: CfgNode, model: torch.nn.Module, files: Sequence[Path], h
     windows: dict[int, list[CropAnalysis]] = {}
     durations: list[float] = []
     for crops, owners, durations in _batches(files, cfg, hop_s, batch_size, problems):
-        analyses = analyse_crops(cfg, model, crops, [start for _, start in owners], pyramid)
-        for (index, _), analysis in zip(owners, analyses):
+        analyses = analyse_crops(cfg, model, crops, [start for _, start, _ in owners], pyramid,
+                                 valid_samples=[samples for *_, samples in owners])
+        for (index, *_), analysis in zip(owners, analyses):
             windows.setdefault(index, []).append(analysis)
     results = []
     for index in sorted(windows):

@@ -248,6 +248,11 @@ _C.DATA.SAMPLES_PER_EPOCH = 0
 _C.DATA.BALANCE_OFFSET = 100.0
 # Balanced sampler weights from a CSV instead (columns uid,weight; or one weight per line in training-list order).
 _C.DATA.SAMPLE_WEIGHTS_FILE = ""
+# Check at start which listed clips have their audio; absent ones are left out, logged as "N of M clips found" and
+# listed in OUTPUT_DIR/missing_<split>.txt.
+_C.DATA.CHECK_FILES = True
+# Stop at start when fewer than this fraction of a split's listed clips have their audio.
+_C.DATA.MIN_FOUND_FRACTION = 0.5
 
 _C.AUDIO_DATA = CfgNode()
 # Rate the audio is read at (files at another rate are resampled).
@@ -266,6 +271,9 @@ _C.AUDIO_DATA.FRAMES0 = 400
 # the training set's playback-0 log-mels (tools/input_stats.py prints them). 0 and 1 leave the input as it is.
 _C.AUDIO_DATA.NORM_MEAN = 0.0
 _C.AUDIO_DATA.NORM_STD = 1.0
+# Frames after the end of a segment shorter than the crop: edge (repeat the last frame, as auditory-slow-fast's EPIC
+# loader and the original's short-audio path) | zeros (the log-mel of silence, ln(1e-6) in every band).
+_C.AUDIO_DATA.PAD_MODE = "edge"
 
 _C.SPEC_AUGMENT = CfgNode()
 # SpecAugment in training (per playback): time warp, frequency masks, time masks, in frames and bins.
@@ -281,10 +289,11 @@ _C.DATA_LOADER = CfgNode()
 _C.DATA_LOADER.NUM_WORKERS = 8
 # Pinned host memory for faster copies to the GPU.
 _C.DATA_LOADER.PIN_MEMORY = True
-# A file that cannot be read: raise | skip (replaced by another item, counted, logged to OUTPUT_DIR/bad_files.txt) |
-# auto (skip in training, raise in val/test).
+# A file that is listed and present but cannot be decoded: raise | skip (in training replaced by another item, in
+# val/test left out; counted and logged to OUTPUT_DIR/bad_files.txt) | auto (skip in training, raise in val/test).
 _C.DATA_LOADER.ON_BAD_FILE = "auto"
-# Stop when more than this fraction of an epoch's items were bad.
+# Stop when more than this fraction of an epoch's training items could not be decoded (absent files are left out at
+# start, see DATA.CHECK_FILES).
 _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -293,6 +302,9 @@ _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
 _C.EPICKITCHENS = CfgNode()
 # The HDF5 file: one 1-D dataset per video_id, attribute "sample_rate".
 _C.EPICKITCHENS.AUDIO_DATA_FILE = ""
+# Rate of HDF5 recordings without a sample_rate attribute (0: assume AUDIO_DATA.SAMPLING_RATE and check it against
+# the annotations; auditory-slow-fast's file is 24000).
+_C.EPICKITCHENS.AUDIO_SAMPLE_RATE = 0
 # Folder of the annotation lists below.
 _C.EPICKITCHENS.ANNOTATIONS_DIR = ""
 _C.EPICKITCHENS.TRAIN_LIST = "EPIC_100_train.csv"
@@ -311,6 +323,9 @@ _C.VGGSOUND.AUDIO_EXT = ".wav"
 _C.VGGSOUND.TRAIN_LIST = "train.csv"
 _C.VGGSOUND.VAL_LIST = "test.csv"
 _C.VGGSOUND.TEST_LIST = "test.csv"
+# Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the train list's ids (or its sorted
+# names). Every split uses this one map; a split whose stored ids disagree is an error.
+_C.VGGSOUND.CLASSES_FILE = "classes.txt"
 
 _C.AUDIOSET = CfgNode()
 # Audio root: <AUDIO_DATA_DIR>/<clip><AUDIO_EXT> (flat).
@@ -331,7 +346,8 @@ _C.CUSTOM.AUDIO_EXT = ""
 _C.CUSTOM.TRAIN_LIST = "train.csv"
 _C.CUSTOM.VAL_LIST = "test.csv"
 _C.CUSTOM.TEST_LIST = "test.csv"
-# Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the sorted names of the train list.
+# Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the train list's ids (or its sorted
+# names). Every split uses this one map.
 _C.CUSTOM.CLASSES_FILE = "classes.txt"
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -228,6 +228,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if cfg.DATA.SAMPLES_PER_EPOCH < 0 or cfg.DATA.BALANCE_OFFSET < 0:
         errors.append(f"DATA.SAMPLES_PER_EPOCH ({cfg.DATA.SAMPLES_PER_EPOCH}) and DATA.BALANCE_OFFSET "
                       f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
+    _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, ("edge", "zeros"))
     _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
     _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
     _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))
@@ -319,6 +320,8 @@ def validation_errors(cfg: CfgNode) -> list[str]:
                       f"({cfg.SOLVER.MAX_EPOCH})")
     if not 0 <= cfg.DATA_LOADER.MAX_BAD_FRACTION <= 1:
         errors.append("DATA_LOADER.MAX_BAD_FRACTION must be in [0, 1]")
+    if not 0 <= cfg.DATA.MIN_FOUND_FRACTION <= 1:
+        errors.append("DATA.MIN_FOUND_FRACTION must be in [0, 1]")
     if cfg.DATA_LOADER.NUM_WORKERS < 0:
         errors.append("DATA_LOADER.NUM_WORKERS must be >= 0")
     return errors

@@ -13,14 +13,18 @@ Supported inputs (recognised by extension and content):
   folder-per-class tree turned into project CSVs by :func:`records_from_folders` / ``tools/prepare_annotations.py
   --from-folders``.
 
-Class ids. VGG-Sound pickles carry their own ids (neither alphabetical nor first-appearance order); for VGG-Sound CSVs
-the ids come from ``class_index`` when given, else from the sorted class names. A model trained on the original pickles
-therefore needs the pickle's mapping: build it with ``class_index_from_records(read_annotations(pkl, "vggsound"))``
-and pass it as ``class_index``. AudioSet ids are the 0-based rows of ``class_labels_indices.csv``, used unchanged.
+Class ids. VGG-Sound pickles and project CSVs carry their own ids (the pickles' are neither alphabetical nor
+first-appearance order); VGG-Sound CSVs without ids and custom lists take them from ``class_index`` when given, else
+from the sorted class names of that one file. Reading a file that carries ids with a ``class_index`` checks them
+against it and fails on a conflict, naming the class and both ids: one run needs one name -> id map for every split
+(``playitback.data.build.run_class_index`` builds it). :func:`relabel_records` converts records to another map on
+purpose (``tools/prepare_annotations.py --class-map``). AudioSet ids are the 0-based rows of
+``class_labels_indices.csv``, used unchanged.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +44,9 @@ __all__ = [
     "class_names_from_records",
     "read_annotations",
     "read_class_list",
+    "records_carry_ids",
     "records_from_folders",
+    "relabel_records",
     "split_records",
     "write_records_csv",
 ]
@@ -71,8 +77,9 @@ def read_annotations(
     Args:
         path: A pickled DataFrame (``.pkl``/``.pickle``) or a CSV (project, or the dataset's official form).
         dataset: ``"vggsound"``, ``"audioset"`` or ``"epickitchens"``.
-        class_index: VGG-Sound only: class name -> id. Required to reproduce the ids of a model trained on the
-            original pickles when reading a CSV; overrides the ids stored in a pickle when given.
+        class_index: VGG-Sound and custom lists only: class name -> id. Files without ids (two-column and official
+            VGG-Sound CSVs, custom CSVs) take their ids from it; files with ids (pickles, project CSVs) are checked
+            against it.
         split: ``vggsound.csv`` only: keep the rows of this split (``"train"`` or ``"test"``).
         class_labels_csv: AudioSet segment CSVs only: the ``class_labels_indices.csv`` that maps mids to ids; looked up
             next to ``path`` when not given.
@@ -83,7 +90,8 @@ def read_annotations(
 
     Raises:
         AnnotationError: Missing file, unknown dataset, unreadable or unknown format, missing columns, a class name
-            missing from ``class_index``, or an option that does not apply to this file.
+            missing from ``class_index``, a stored id that conflicts with ``class_index``, or an option that does not
+            apply to this file.
     """
     path = Path(path)
     if dataset not in DATASETS:
@@ -232,12 +240,12 @@ def _records_from_frame(
     if dataset == "vggsound":
         _require_columns(path, frame, ("video", "class"), dataset)
         names = [str(name) for name in frame["class"]]
-        if class_index is not None:
-            ids = _lookup_ids(path, names, class_index)
-        elif "class_id" in frame.columns:
+        if "class_id" in frame.columns:
             ids = [int(i) for i in frame["class_id"]]
+            if class_index is not None:
+                _check_stored_ids(path, zip(names, ids), class_index)
         else:
-            ids = _lookup_ids(path, names, {name: i for i, name in enumerate(sorted(set(names)))})
+            ids = _lookup_ids(path, names, class_index or {name: i for i, name in enumerate(sorted(set(names)))})
         return [
             ClipRecord(uid=_stem(video), source=f"{name}/{_stem(video)}", labels=(label,), label_names=(name,))
             for video, name, label in zip(frame["video"], names, ids, strict=True)
@@ -279,6 +287,25 @@ def _lookup_ids(path: Path, names: Sequence[str], class_index: Mapping[str, int]
             f"{path}: class {err.args[0]!r} is not in class_index ({len(class_index)} classes); pass the mapping of "
             "the whole dataset (e.g. class_index_from_records of the training pickle)"
         ) from None
+
+
+def _check_stored_ids(path: Path, pairs: Iterable[tuple[str, int]], class_index: Mapping[str, int]) -> None:
+    """Fail on the first stored (name, id) that conflicts with ``class_index``: the name has another id there, or the
+    id belongs to another name there. A name the map lacks keeps its stored id."""
+    names_by_id = {label: name for name, label in class_index.items()}
+    for name, label in pairs:
+        if class_index.get(name, label) != label:
+            raise AnnotationError(
+                f"{path}: class {name!r} has id {label} in this file but {class_index[name]} in the run's class map; "
+                "every split of a run must use one name -> id map: convert the file with tools/prepare_annotations.py "
+                "--class-map, or pin the map with a classes file"
+            )
+        if name not in class_index and label in names_by_id:
+            raise AnnotationError(
+                f"{path}: class {name!r} has id {label} in this file, the id of {names_by_id[label]!r} in the run's "
+                "class map; every split of a run must use one name -> id map: convert the file with "
+                "tools/prepare_annotations.py --class-map, or pin the map with a classes file"
+            )
 
 
 def _timestamp_seconds(path: Path, uid: object, stamp: object) -> float:
@@ -376,7 +403,7 @@ def _read_project_csv(path: Path, class_index: Mapping[str, int] | None) -> list
                 names = tuple(row["label_names"].split(_LIST_SEPARATOR)) if row["label_names"] else ()
                 labels = tuple(int(label) for label in row["labels"].split(_LIST_SEPARATOR)) if row["labels"] else ()
                 if class_index is not None:
-                    labels = tuple(_lookup_ids(path, names, class_index))
+                    _check_stored_ids(path, zip(names, labels), class_index)
                 records.append(
                     ClipRecord(
                         uid=row["uid"],
@@ -446,6 +473,37 @@ def _read_custom_csv(path: Path, header: Sequence[str], class_index: Mapping[str
         records.append(ClipRecord(uid=os.path.splitext(file)[0], source=file,
                                   labels=tuple(_lookup_ids(path, names, class_index)), label_names=names))
     return records
+
+
+def records_carry_ids(path: str | Path) -> bool:
+    """Whether an annotation file stores class ids (pickles with ``class_id`` and project CSVs do; two-column and
+    official VGG-Sound CSVs and custom lists do not, so their ids depend on a class map)."""
+    path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        return True
+    first = next(csv.reader([_first_data_line(path)], skipinitialspace=True))
+    return tuple(cell.strip() for cell in first) == PROJECT_CSV_COLUMNS
+
+
+def relabel_records(records: Iterable[ClipRecord], class_index: Mapping[str, int]) -> list[ClipRecord]:
+    """The records with their ids replaced by ``class_index[name]`` (a deliberate conversion to another id map).
+
+    Raises:
+        AnnotationError: A record has no label names, or a name missing from ``class_index``.
+    """
+    out = []
+    for record in records:
+        if len(record.label_names) != len(record.labels) or not record.labels:
+            raise AnnotationError(f"clip {record.uid!r} has no class names, so its ids cannot be converted")
+        try:
+            labels = tuple(int(class_index[name]) for name in record.label_names)
+        except KeyError as err:
+            raise AnnotationError(
+                f"class {err.args[0]!r} of clip {record.uid!r} is not in the class map ({len(class_index)} classes); "
+                "give the map of the whole dataset"
+            ) from None
+        out.append(dataclasses.replace(record, labels=labels))
+    return out
 
 
 def read_class_list(path: str | Path) -> dict[str, int]:

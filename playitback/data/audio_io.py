@@ -7,7 +7,9 @@ files raise :class:`AudioReadError` naming the file.
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,6 +21,7 @@ import soxr
 from playitback.data.records import ClipRecord
 
 __all__ = [
+    "AudioRateError",
     "AudioReadError",
     "FileAudioReader",
     "Hdf5AudioReader",
@@ -35,6 +38,19 @@ _RESAMPLE_QUALITY = "HQ"
 
 class AudioReadError(RuntimeError):
     """An audio file or HDF5 entry cannot be read; the message names the file and the problem."""
+
+
+class AudioRateError(ValueError):
+    """The recordings' lengths do not fit their annotations at the rate they would be read at."""
+
+
+# Rates a recording is commonly stored at: the "likely rate" an error names is one of these.
+COMMON_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+# Annotated stops a little past the end of the audio are common in EPIC-KITCHENS (the reader clamps them).
+_STOP_PAST_END_S = 1.0
+# Recordings whose audio runs this much longer than their last annotated action, every one of them, are read at too
+# low a rate: EPIC-KITCHENS annotations cover their videos to the end.
+_IMPLAUSIBLE_TAIL = 1.2
 
 
 def segment_frames(where: str, total: int, rate: int, start_s: float, stop_s: float | None) -> tuple[int, int]:
@@ -184,23 +200,41 @@ class FileAudioReader:
         """The record's ``[start_s, stop_s)`` segment as float32 ``[S]`` at ``sample_rate``."""
         return read_audio_file(self.path(record), self.sample_rate, record.start_s, record.stop_s)
 
+    def cache_key(self, records: Sequence[ClipRecord]) -> list[object]:
+        """What an existence check depends on: the root, and the modification time of every folder the records'
+        files are in (adding or deleting a file changes its folder's time)."""
+        folders = sorted({os.path.dirname(self.path(record)) for record in records})
+        return [str(self.root), self.extension, *((folder, mtime_ns(folder)) for folder in folders)]
+
+
+def mtime_ns(path: str | Path) -> int | None:
+    """Modification time of a file or folder in nanoseconds, or None when it does not exist."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
 
 class Hdf5AudioReader:
     """Reads record segments from one HDF5 file holding a 1-D dataset per untrimmed recording (EPIC-KITCHENS).
 
     The file opens on first use, so an unopened reader pickles into DataLoader workers and each worker opens its own
     handle. Only the slice ``[start_s, stop_s)`` is read from disk. The stored rate is the dataset attribute
-    ``sample_rate`` (else the file attribute of that name); a different rate is resampled, and a missing one is taken to
-    be ``sample_rate`` with a single warning. Integer PCM datasets are scaled to [-1, 1).
+    ``sample_rate`` (else the file attribute of that name, else ``stored_rate``); a different rate is resampled, and a
+    missing one is taken to be ``sample_rate`` with a single warning (:meth:`check_lengths` then checks that guess
+    against the annotations). Integer PCM datasets are scaled to [-1, 1).
 
     Args:
         path: The HDF5 file.
         sample_rate: Output rate in Hz.
+        stored_rate: Rate of recordings without a ``sample_rate`` attribute (EPICKITCHENS.AUDIO_SAMPLE_RATE), or
+            None.
     """
 
-    def __init__(self, path: str | Path, sample_rate: int) -> None:
+    def __init__(self, path: str | Path, sample_rate: int, stored_rate: int | None = None) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
+        self.stored_rate = stored_rate
         self._file: h5py.File | None = None
         self._warned_rate = False
         if not self.path.is_file():
@@ -219,10 +253,14 @@ class Hdf5AudioReader:
                 raise AudioReadError(f"{self.path}: cannot open as HDF5 ({err}); check the file") from err
         return self._file
 
+    def _stored_rate(self, dataset: h5py.Dataset) -> int | None:
+        rate = dataset.attrs.get("sample_rate", dataset.file.attrs.get("sample_rate", self.stored_rate))
+        return None if rate is None else int(rate)
+
     def _rate(self, dataset: h5py.Dataset) -> int:
-        rate = dataset.attrs.get("sample_rate", dataset.file.attrs.get("sample_rate"))
+        rate = self._stored_rate(dataset)
         if rate is not None:
-            return int(rate)
+            return rate
         if not self._warned_rate:
             warnings.warn(
                 f"{self.path}: no 'sample_rate' attribute on the datasets or the file; assuming {self.sample_rate} Hz. "
@@ -251,6 +289,62 @@ class Hdf5AudioReader:
         first, last = segment_frames(where, dataset.shape[0], rate, record.start_s, record.stop_s)
         samples = dataset[first:last]
         return finish_samples(where, pcm_to_float(samples), rate, self.sample_rate)
+
+    def check_lengths(self, records: Sequence[ClipRecord]) -> None:
+        """Check every recording's length against the last annotated stop of its records, at the rate it is read at.
+
+        A file without a ``sample_rate`` attribute read at the wrong rate shifts every timestamp (a 24 kHz file read
+        as 16 kHz puts each action 1.5 times later than it is, and nothing fails). So: a recording that ends more than
+        1 s before its last action is an error at any rate, and when the rate is a guess (no attribute, no
+        ``stored_rate``), recordings that all run at least 1.2 times longer than their last action are one too. The
+        message names the likely rate: the largest common rate the lengths allow.
+
+        Raises:
+            AudioRateError: As above, naming the file, a recording, its seconds of audio and of annotation.
+        """
+        handle = self._open()
+        last_stop: dict[str, float] = {}
+        for record in records:
+            stop = record.stop_s if record.stop_s is not None else record.start_s
+            last_stop[record.source] = max(stop, last_stop.get(record.source, 0.0))
+        lengths, rates, guessed = {}, {}, set()
+        for source, stop in last_stop.items():
+            dataset = handle.get(source)
+            if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1 or stop <= 0:
+                continue
+            lengths[source] = dataset.shape[0]
+            stored = self._stored_rate(dataset)
+            if stored is None:
+                guessed.add(source)
+            rates[source] = stored or self.sample_rate
+        if not lengths:
+            return
+        # samples per annotated second: an upper bound of the true rate when the actions lie inside the audio
+        bound = min(lengths[s] / last_stop[s] for s in lengths)
+        likely = max((r for r in COMMON_RATES if r <= bound * 1.01), default=round(bound))
+        short = [s for s in lengths if lengths[s] / rates[s] < last_stop[s] - _STOP_PAST_END_S]
+        how = ("the stored rate" if not guessed else
+               f"{self.sample_rate} Hz (no sample_rate attribute: AUDIO_DATA.SAMPLING_RATE is assumed)")
+        fix = (f"; if the file is {likely} Hz, set EPICKITCHENS.AUDIO_SAMPLE_RATE {likely} or add the attribute "
+               f"(h5py: f[key].attrs['sample_rate'] = {likely}; tools/wav_to_hdf5.py writes it)")
+        if short:
+            first = short[0]
+            raise AudioRateError(
+                f"{self.path}: read at {how}, {len(short)} of {len(lengths)} recordings end before their last "
+                f"annotated action ({first}: {lengths[first] / rates[first]:.1f} s of audio, last action stops at "
+                f"{last_stop[first]:.1f} s); the rate is wrong or the file does not match the annotations{fix}"
+            )
+        tails = [lengths[s] / rates[s] / last_stop[s] for s in guessed]
+        if tails and min(tails) >= _IMPLAUSIBLE_TAIL:
+            raise AudioRateError(
+                f"{self.path}: read at {how}, every one of its {len(tails)} recordings runs at least "
+                f"{min(tails):.2f}x longer than its last annotated action, which annotations that cover their videos "
+                f"do not allow: the file is most likely {likely} Hz (auditory-slow-fast's HDF5 is 24000 Hz){fix}"
+            )
+
+    def cache_key(self, records: Sequence[ClipRecord]) -> list[object]:
+        """What an existence check depends on: the file and its modification time."""
+        return [str(self.path), mtime_ns(str(self.path))]
 
     def close(self) -> None:
         """Close the HDF5 handle (reopened on the next call)."""

@@ -53,12 +53,14 @@ def crop_start(num_samples: int, clip_samples: int, mode: str, view: int, num_vi
     return int(round(np.linspace(0, delta, num_views)[view])) if num_views > 1 else delta // 2
 
 
-def crop_or_pad(segment: np.ndarray, start: int, clip_samples: int) -> np.ndarray:
-    """[S] -> [clip_samples]: the crop starting at `start`, zero-padded at the end when the segment is short."""
+def crop_or_pad(segment: np.ndarray, start: int, clip_samples: int) -> tuple[np.ndarray, int]:
+    """[S] -> ([clip_samples], valid samples): the crop starting at `start`, zero-padded at the end when the segment is
+    short (how the spectrogram treats the padded frames is the pyramid's choice, see AUDIO_DATA.PAD_MODE)."""
     crop = segment[start:start + clip_samples]
-    if crop.shape[0] < clip_samples:
-        crop = np.pad(crop, (0, clip_samples - crop.shape[0]))
-    return crop
+    valid = crop.shape[0]
+    if valid < clip_samples:
+        crop = np.pad(crop, (0, clip_samples - valid))
+    return crop, valid
 
 
 class AudioClipDataset(Dataset):
@@ -69,10 +71,19 @@ class AudioClipDataset(Dataset):
         "playbacks": list of S float32 tensors [T0 * (i + 1), F] (the pyramid computed in the worker);
         "label": see :class:`LabelFormat`; "index": record index; "view": test view;
         "crop_start_s": where the crop starts, in seconds from the start of the audio file;
+        "valid_samples": samples of the crop that hold audio (fewer than clip_samples for a short segment);
         "event_mask": bool [T0], the frames of playback 0 inside an annotated event (only with `event_frames`);
-        "skipped": names of bad files replaced by this item (ON_BAD_FILE skip), usually empty.
+        "readable": False for the stand-in of an unreadable file in val/test (ON_BAD_FILE skip): its audio is silence
+            and the evaluation leaves it out;
+        "skipped": names of bad files met for this item (ON_BAD_FILE skip), usually empty.
+
+    An unreadable file (ON_BAD_FILE skip) is replaced by another clip in training, so every batch stays full; in
+    val/test it is never replaced (a substitute would score another clip twice): the item comes back with
+    "readable" False and the evaluation counts and names it.
 
     In test mode the dataset has len(records) * num_views items; item j is view j % V of record j // V.
+    `num_listed` is the size of the annotation list before clips whose audio is absent were left out (the
+    evaluation reports it next to the clips it scores).
     """
 
     def __init__(
@@ -91,6 +102,7 @@ class AudioClipDataset(Dataset):
         skip_bad_files: bool = False,
         max_substitutes: int = 10,
         event_frames: Callable[[ClipRecord, float], torch.Tensor] | None = None,
+        num_listed: int | None = None,
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be train, val or test, not {mode!r}")
@@ -109,6 +121,7 @@ class AudioClipDataset(Dataset):
         self.skip_bad_files = skip_bad_files
         self.event_frames = event_frames
         self.max_substitutes = max_substitutes
+        self.num_listed = len(self.records) if num_listed is None else num_listed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,41 +131,57 @@ class AudioClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records) * self.num_views
 
-    def _load(self, record_index: int, view: int, rng: np.random.Generator | None) -> tuple[np.ndarray, float]:
+    def _load(self, record_index: int, view: int, rng: np.random.Generator | None) -> tuple[np.ndarray, float, int]:
+        """(crop [clip_samples], crop start in seconds from the start of the file, valid samples of the crop)."""
         record = self.records[record_index]
         segment = self.reader(record)
         start = crop_start(segment.shape[0], self.clip_samples, self.mode, view, self.num_views, rng)
-        return crop_or_pad(segment, start, self.clip_samples), record.start_s + start / self.sample_rate
+        crop, valid = crop_or_pad(segment, start, self.clip_samples)
+        return crop, record.start_s + start / self.sample_rate, valid
+
+    def _load_training_item(self, item: int, draws: list[int]) -> tuple[int, tuple[np.ndarray, float, int], list[str]]:
+        """(record index, loaded crop, messages of the bad files replaced on the way); `draws` joins the crop's seed."""
+        skipped: list[str] = []
+        for attempt in range(self.max_substitutes + 1):
+            # Substitutes are a deterministic function of the item so that a resumed run sees the same data.
+            index = (item + attempt * 7919) % len(self.records)
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt, *draws])
+            try:
+                return index, self._load(index, 0, rng), skipped
+            except AudioReadError as err:
+                if not self.skip_bad_files:
+                    raise
+                skipped.append(str(err))
+        raise AudioReadError(
+            f"{self.max_substitutes + 1} consecutive bad files around item {item}; the audio folder looks broken: "
+            + " | ".join(skipped[-3:])
+        )
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         """Item `item`, or ``(item, draw)`` from a sampler that draws with replacement: the draw (its position in the
         epoch) joins the crop's seed, so the same clip drawn twice in an epoch gets two crops."""
         item, draws = (item[0], [item[1]]) if isinstance(item, tuple) else (item, [])
         record_index, view = divmod(item, self.num_views)
-        skipped: list[str] = []
-        for attempt in range(self.max_substitutes + 1):
-            # Substitutes are a deterministic function of the item so that a resumed run sees the same data.
-            index = (record_index + attempt * 7919) % len(self.records)
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt, *draws]) if self.mode == "train" \
-                else None
+        readable = True
+        if self.mode == "train":
+            record_index, loaded, skipped = self._load_training_item(record_index, draws)
+        else:
             try:
-                waveform, crop_start_s = self._load(index, view, rng)
-                break
+                loaded, skipped = self._load(record_index, view, None), []
             except AudioReadError as err:
                 if not self.skip_bad_files:
                     raise
-                skipped.append(str(err))
-        else:
-            raise AudioReadError(
-                f"{self.max_substitutes + 1} consecutive bad files around item {item}; the audio folder looks broken: "
-                + " | ".join(skipped[-3:])
-            )
-        record = self.records[index]
+                readable, skipped = False, [str(err)]
+                loaded = (np.zeros(self.clip_samples, dtype=np.float32), self.records[record_index].start_s, 0)
+        waveform, crop_start_s, valid_samples = loaded
+        record = self.records[record_index]
         out: dict[str, Any] = {
             "label": encode_labels(record.labels, self.label_format, self.num_classes),
-            "index": index,
+            "index": record_index,
             "view": view,
             "crop_start_s": crop_start_s,
+            "valid_samples": valid_samples,
+            "readable": readable,
             "skipped": skipped,
         }
         if self.event_frames is not None:
@@ -161,7 +190,7 @@ class AudioClipDataset(Dataset):
         if self.pyramid is None:
             out["waveform"] = wave
         else:
-            out["playbacks"] = self.pyramid(wave)
+            out["playbacks"] = self.pyramid(wave, valid_samples)
         return out
 
 

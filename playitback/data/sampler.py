@@ -2,7 +2,7 @@
 every item exactly once.
 
 Both training samplers follow one rule: every process builds the same sequence of items for the epoch (from one
-generator seeded by the run's seed and the epoch) and takes every `world`-th entry, so at each step the union of the
+generator seeded by the pair of the run's seed and the epoch) and takes every `world`-th entry, so at each step the union of the
 processes' batches is one contiguous slice of that sequence: the same global batch for any number of processes. The
 tail that does not fill a global batch is dropped (like drop_last), and after `set_start_batch(k)` the first k batches
 of the epoch are skipped, which is how a run resumes mid-epoch.
@@ -18,9 +18,15 @@ import torch
 from torch.utils.data import Sampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for (run seed, epoch) that differs for every pair: ``seed + epoch`` made seed 0 epoch 1 and seed 1 epoch
+    0 draw the same sequence, so two "different seeds" trained on shifted copies of one sequence of orders."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's sequence, seeded with seed + epoch (the same for every process)."""
-    return torch.Generator().manual_seed(seed + epoch)
+    """The generator of one epoch's sequence (the same for every process), seeded by :func:`epoch_seed`."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class _EpochSampler(Sampler):

@@ -46,6 +46,7 @@ from playitback.data.audio_io import (
     decode_segment,
     finish_samples,
     float_to_pcm16,
+    mtime_ns,
     pcm_to_float,
     segment_frames,
 )
@@ -503,6 +504,10 @@ class ShardAudioReader:
     def has_audio(self, record: ClipRecord) -> bool:
         """Whether the pack holds the record's clip."""
         return self._find(record.source) is not None
+
+    def cache_key(self, records: Sequence[ClipRecord]) -> list[object]:
+        """What an existence check depends on: the pack and the modification time of its index."""
+        return [str(self.root), mtime_ns(self.root / INDEX_NAME)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -6,6 +6,14 @@ time-major. Playback i over a crop of N samples uses the hop ``round(N / (T0 * (
 ``T0 * (i + 1)`` frames (the waveform is zero-padded at the end when the hop rounds down), so every clip of a batch
 gives the same shapes (bugs B15, B17 of the original).
 
+Short segments. A crop whose segment is shorter than the clip (half of the EPIC-KITCHENS-100 validation actions are
+under 1.999 s) arrives zero-padded with its number of valid samples. With ``pad_mode="edge"`` (the default, as
+auditory-slow-fast's EPIC loader and the original PlayItBack's short-audio path do) every frame after the last one
+centred inside the audio repeats that frame; with ``"zeros"`` they stay the log-mel of silence, ``ln(1e-6)`` in every
+band. Edge padding is the default because a block of constant ``ln(1e-6)`` is a value no real recording produces, so
+the model would learn "short action" from the padding itself, and because checkpoints trained in that lineage saw edge
+padding.
+
 Shape legend: B batch, S samples of the crop, T frames, F mel bins (n_mels), W window samples.
 
 How it is fast (measured on a 2-core CPU, see ``bench/frontend.py``):
@@ -29,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 LOG_OFFSET = 1e-6
+PAD_MODES = ("edge", "zeros")
 # Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
 # small matmuls; 16 was the fastest of 8/16/32 (and 5x faster than the dense product) for 128 bands at n_fft 2048.
 _BANDS_PER_BLOCK = 16
@@ -107,11 +116,16 @@ class PlaybackPyramid(nn.Module):
         window_ms: Hann window length in milliseconds (zero-padded to n_fft).
         n_fft: FFT size (sets the bin spacing; only the window samples are non-zero).
         n_mels: number of HTK mel bands F (fmin 0, fmax sample_rate / 2, no normalisation).
+        pad_mode: frames after the valid samples of a short crop: "edge" repeats the last frame centred inside the
+            audio (auditory-slow-fast), "zeros" keeps the log-mel of the zero padding.
     """
 
     def __init__(self, sample_rate: int, num_playbacks: int, frames0: int = 400, window_ms: float = 20.0,
-                 n_fft: int = 2048, n_mels: int = 128) -> None:
+                 n_fft: int = 2048, n_mels: int = 128, pad_mode: str = "edge") -> None:
         super().__init__()
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.pad_mode = pad_mode
         self.sample_rate = sample_rate
         self.num_playbacks = num_playbacks
         self.frames0 = frames0
@@ -154,11 +168,13 @@ class PlaybackPyramid(nn.Module):
             )
         return self._cache[key]
 
-    def forward(self, waveform: Tensor) -> list[Tensor]:
+    def forward(self, waveform: Tensor, valid_samples: Tensor | int | None = None) -> list[Tensor]:
         """Render the playback pyramid of a batch of crops.
 
         Args:
             waveform: crops [B, S] or one crop [S], float, on any device.
+            valid_samples: samples of each crop that hold audio, [B] (or an int for one crop); the rest is zero
+                padding, treated as ``pad_mode`` says. None: every sample is audio.
 
         Returns:
             num_playbacks tensors [B, T0 * (i + 1), F] (or [T0 * (i + 1), F] for one crop) on the waveform's device,
@@ -170,7 +186,8 @@ class PlaybackPyramid(nn.Module):
                 f"{tuple(waveform.shape)} (down-mix channels first; convert int16 PCM with waveform.float() / 32768)"
             )
         if waveform.dim() == 1:
-            return [p[0] for p in self.forward(waveform[None])]
+            single = None if valid_samples is None else torch.as_tensor(valid_samples).reshape(1)
+            return [p[0] for p in self.forward(waveform[None], single)]
         dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
         waveform = waveform.to(dtype)
         constants = self._constants(waveform.device, dtype)
@@ -179,9 +196,13 @@ class PlaybackPyramid(nn.Module):
         sources = _frame_sources(tuple(hops), tuple(frames))
         rendered = {i: self._log_mel(waveform, hops[i], frames[i], constants)
                     for i, source in enumerate(sources) if source is None}
-        return [rendered[i] if source is None
-                else rendered[source[0]][:, : frames[i] * source[1] : source[1]].contiguous()
-                for i, source in enumerate(sources)]
+        playbacks = [rendered[i] if source is None
+                     else rendered[source[0]][:, : frames[i] * source[1] : source[1]].contiguous()
+                     for i, source in enumerate(sources)]
+        if valid_samples is None or self.pad_mode == "zeros":
+            return playbacks
+        valid = torch.as_tensor(valid_samples, device=waveform.device).reshape(-1, 1)
+        return [edge_pad_frames(p, valid, hop, waveform.shape[-1]) for p, hop in zip(playbacks, hops)]
 
     def _log_mel(self, waveform: Tensor, hop: int, num_frames: int, constants: _Constants) -> Tensor:
         """Log-mel of every crop at one hop: waveform [B, S] -> [B, num_frames, F]."""
@@ -209,6 +230,30 @@ class PlaybackPyramid(nn.Module):
             dim=1,
         )
         return mel.add_(LOG_OFFSET).log_()
+
+
+def edge_pad_frames(spectrogram: Tensor, valid_samples: Tensor, hop: int, crop_samples: int) -> Tensor:
+    """Repeat the last frame centred inside the audio over the frames that follow it, in crops that are short.
+
+    Frame t is centred on sample t * hop, so for L valid samples the last such frame is L // hop (the last frame of the
+    centred STFT of the L samples alone, as auditory-slow-fast computes it before padding with numpy's "edge" mode).
+    Full crops (L = crop_samples) are left as they are. Index arithmetic only: no host synchronisation, the same
+    shapes for every batch.
+
+    Args:
+        spectrogram: [B, T, F].
+        valid_samples: [B, 1] samples that hold audio.
+        hop: hop in samples.
+        crop_samples: samples of a full crop.
+
+    Returns:
+        [B, T, F].
+    """
+    frames = torch.arange(spectrogram.shape[1], device=spectrogram.device)  # [T]
+    last = torch.div(valid_samples.clamp_min(0), hop, rounding_mode="floor")  # [B, 1]
+    last = torch.where(valid_samples >= crop_samples, spectrogram.shape[1] - 1, last)
+    index = torch.minimum(frames[None], last).unsqueeze(-1).expand_as(spectrogram)  # [B, T, F]
+    return spectrogram.gather(1, index)
 
 
 @functools.lru_cache(maxsize=None)

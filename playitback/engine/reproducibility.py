@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from playitback.data.records import ClipRecord
@@ -31,24 +31,23 @@ def write_clip_ids(output_dir: str | Path, split: str, records: Sequence[ClipRec
     return path
 
 
-def audio_coverage(has_audio: Callable[[ClipRecord], bool], records: Sequence[ClipRecord],
-                  test_list: str) -> dict[str, int]:
-    """How many of the listed test clips have their audio, logged; returns clips_listed and clips_present (for the
+def audio_coverage(listed: int, present: int, test_list: str) -> dict[str, int]:
+    """How many of the listed test clips have their audio (the dataset's check at start,
+    :func:`playitback.data.build.present_records`), logged; returns clips_listed and clips_present (for the
     test_final record).
 
     Args:
-        has_audio: The test reader's check (a file exists, a pack or HDF5 file holds the clip).
-        records: The clips of the test list.
+        listed: The clips of the test list.
+        present: Those whose audio exists (a file, or a pack or HDF5 file holding the clip).
         test_list: The list's name, for the log.
     """
-    present = sum(1 for record in records if has_audio(record))
-    logger.info("test list %s: %d of its %d clips have their audio (%.2f%%)", test_list, present, len(records),
-                100.0 * present / max(len(records), 1))
-    if present < len(records):
+    logger.info("test list %s: %d of its %d clips have their audio (%.2f%%)", test_list, present, listed,
+                100.0 * present / max(listed, 1))
+    if present < listed:
         logger.warning("%d clip(s) of the test list are missing: metrics over another set of clips are not "
                        "comparable with those over the whole list; publish %s/test.txt with them",
-                       len(records) - present, CLIPS_DIR)
-    return {"clips_listed": len(records), "clips_present": present}
+                       listed - present, CLIPS_DIR)
+    return {"clips_listed": listed, "clips_present": present}
 
 
 def task_class_names(records: Sequence[ClipRecord], class_counts: Sequence[int], multitask: bool) -> list[list[str]]:

@@ -72,7 +72,8 @@ class ClassificationTask:
         else:
             if self.pyramid is None:
                 raise ValueError("the batch holds waveforms but the task has no front-end (pyramid) to render them")
-            playbacks = self.pyramid(to_device(batch["waveform"], self.device))
+            playbacks = self.pyramid(to_device(batch["waveform"], self.device),
+                                     to_device(batch["valid_samples"], self.device))
         # Targets are built (and labels range-checked) on the host, where the loader left the labels: a check on
         # the device would stall the host until the device caught up, every step.
         if train and self.mixup is not None:

@@ -464,6 +464,11 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     rank, world = du.get_rank(), du.get_world_size()
     seed_everything(cfg.RNG_SEED + rank)
     device = select_device(cfg)
+    # The data first: a wrong path or list fails before any model is built.
+    train_set = build_dataset(cfg, "train", output_dir=Path(cfg.OUTPUT_DIR))
+    train_loader = build_loader(cfg, train_set, "train", rank, world)
+    val_set = build_dataset(cfg, "val", output_dir=Path(cfg.OUTPUT_DIR))
+    val_loader = build_loader(cfg, val_set, "val", rank, world)
     model = build_model(cfg)
     if cfg.LOG_MODEL_INFO:
         logger.info("model %s: %s", cfg.MODEL.MODEL_NAME, json.dumps(count_parameters(model)))
@@ -473,10 +478,6 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
     state = _resume(cfg, model, optimizer, scaler, task)
 
-    train_set = build_dataset(cfg, "train")
-    train_loader = build_loader(cfg, train_set, "train", rank, world)
-    val_set = build_dataset(cfg, "val")
-    val_loader = build_loader(cfg, val_set, "val", rank, world)
     if du.is_main_process():
         write_clip_ids(cfg.OUTPUT_DIR, "train", train_set.records)
         write_clip_ids(cfg.OUTPUT_DIR, "val", val_set.records)
@@ -523,7 +524,7 @@ def train(cfg: CfgNode) -> dict[str, Any]:
             last = state.epoch + 1 == cfg.SOLVER.MAX_EPOCH
             is_best = False
             if (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
-                val_metrics, _ = evaluate(cfg, task, val_loader, val_set)
+                val_metrics, _ = evaluate(cfg, task, val_loader, val_set, split="val")
                 score = primary_metric(val_metrics, cfg)
                 is_best = score > state.best_metric
                 state.best_metric = max(state.best_metric, score)
@@ -551,12 +552,16 @@ def first_batches(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict
 # ---------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, Any]], dataset: AudioClipDataset,
-             collect_segments: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+             collect_segments: bool = False, split: str = "val") -> tuple[dict[str, float], dict[str, Any]]:
     """Run the model over an evaluation split (every item once over all processes), ensemble the views of each clip
     and compute the metrics on the main process (broadcast to all).
 
-    Returns (metrics, details): details holds "scores" [N, K], "labels", "uids", and with collect_segments the
-    replayed segments of every clip, view and playback.
+    Items whose file could not be decoded (ON_BAD_FILE skip) are left out, named in OUTPUT_DIR/bad_files.txt and
+    counted; the metrics then say how many clips they cover: ``clips`` (scored), ``clips_unreadable``,
+    ``clips_missing`` (listed but absent at start) and ``clips_listed``.
+
+    Returns (metrics, details): details holds "scores" [N, K], "labels", "uids" of the scored clips, and with
+    collect_segments the replayed segments of every clip, view and playback.
     """
     model = task.model
     model.eval()
@@ -566,35 +571,62 @@ def evaluate(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, 
     frame_seconds = derived.playback_hop(cfg, 0) / dataset.sample_rate
     for batch in loader:
         outputs, losses, _ = task.step(batch, train=False)
+        readable = batch["readable"]
+        local["bad_files"].extend(batch["skipped"])
         loss_sum += losses["loss"] * batch["label"].shape[0]
         count += batch["label"].shape[0]
-        local["index"].append(batch["index"])
-        local["view"].append(batch["view"])
-        local["scores"].append(outputs["logits"].cpu())
-        local["labels"].append(batch["label"])
+        local["index"].append(batch["index"][readable])
+        local["view"].append(batch["view"][readable])
+        local["scores"].append(outputs["logits"].cpu()[readable])
+        local["labels"].append(batch["label"][readable])
         if collect_segments and "replay_masks" in outputs:
-            local["segments"].extend(_segments(outputs, batch, dataset, frame_seconds))
-    merged = {key: (torch.cat(value) if key != "segments" else value) for key, value in local.items()}
+            segments = _segments(outputs, batch, dataset, frame_seconds)
+            local["segments"].extend(s for s, ok in zip(segments, readable.repeat_interleave(
+                outputs["replay_masks"].shape[1]).tolist()) if ok)
+    merged = {key: (torch.cat(value) if key not in ("segments", "bad_files") else value)
+              for key, value in local.items()}
     gathered = du.all_gather_objects(merged)
     totals = du.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=task.device)]))
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
     if du.is_main_process():
+        bad_files = sorted({msg for part in gathered for msg in part.get("bad_files", [])})
         ensemble = ViewEnsemble(len(dataset.records), dataset.num_views, sum(derived.class_counts(cfg)),
                                 cfg.DATA.ENSEMBLE_METHOD)
         for part in gathered:
             if part:
                 ensemble.add(part["index"], part["view"], part["scores"], part["labels"])
         result = ensemble.finalize()
-        metrics = classification_metrics(result.scores, result.labels, derived.class_counts(cfg),
+        scored = result.received
+        metrics = classification_metrics(result.scores[scored], result.labels[scored], derived.class_counts(cfg),
                                          cfg.DATA.MULTI_LABEL)
+        # The loss of an unreadable item is that of silence; it stays in the average like every other view.
         metrics["loss"] = float(totals[0] / totals[1].clamp_min(1))
-        details = {"scores": result.scores, "labels": result.labels, "per_view": result.per_view,
-                   "uids": [r.uid for r in dataset.records],
+        metrics.update(_coverage(cfg, dataset, int(scored.sum()), bad_files, split))
+        details = {"scores": result.scores[scored], "labels": result.labels[scored],
+                   "per_view": result.per_view[scored],
+                   "uids": [r.uid for r, ok in zip(dataset.records, scored.tolist()) if ok],
                    "segments": sorted((s for part in gathered for s in part.get("segments", [])),
                                       key=lambda s: (s["video"], s["view"], s["playback"]))}
     metrics = du.broadcast_object(metrics)
     return metrics, details
+
+
+def _coverage(cfg: CfgNode, dataset: AudioClipDataset, scored: int, bad_files: list[str],
+              split: str) -> dict[str, float]:
+    """How many clips an evaluation's metrics cover; names the unreadable files in OUTPUT_DIR/bad_files.txt."""
+    unreadable = len(dataset.records) - scored
+    if bad_files:
+        with open(Path(cfg.OUTPUT_DIR) / "bad_files.txt", "a") as handle:
+            handle.writelines(msg + "\n" for msg in bad_files)
+        logger.warning("%s: %d clip(s) could not be read and are left out of the metrics (see %s); first: %s",
+                       split, unreadable, Path(cfg.OUTPUT_DIR) / "bad_files.txt", bad_files[0])
+    missing = dataset.num_listed - len(dataset.records)
+    if unreadable or missing:
+        logger.warning("%s metrics cover %d of the %d listed clips (%d absent at start, %d unreadable)", split,
+                       scored, dataset.num_listed, missing, unreadable)
+    return {"clips": float(scored), "clips_unreadable": float(unreadable), "clips_missing": float(missing),
+            "clips_listed": float(dataset.num_listed)}
 
 
 def _segments(outputs: dict[str, Tensor], batch: dict[str, Any], dataset: AudioClipDataset,
@@ -642,15 +674,15 @@ def test(cfg: CfgNode) -> dict[str, float]:
         load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     model = wrap_model(cfg, model, device)
     task = build_task(cfg, model, device, train=False)
-    test_set = build_dataset(cfg, "test")
+    test_set = build_dataset(cfg, "test", output_dir=Path(cfg.OUTPUT_DIR))
     loader = build_loader(cfg, test_set, "test", rank, world)
     logger.info("testing %s on %d clips x %d views", path, len(test_set.records), test_set.num_views)
     coverage: dict[str, int] = {}
     if du.is_main_process():
         write_clip_ids(cfg.OUTPUT_DIR, "test", test_set.records)
-        coverage = audio_coverage(test_set.reader.has_audio, test_set.records,
-                                 str(derived.dataset_files(cfg, "test").annotation_files[0]))
-    metrics, details = evaluate(cfg, task, loader, test_set, collect_segments=cfg.TEST.SAVE_SEGMENTS)
+        coverage = audio_coverage(test_set.num_listed, len(test_set.records),
+                                  str(derived.dataset_files(cfg, "test").annotation_files[0]))
+    metrics, details = evaluate(cfg, task, loader, test_set, collect_segments=cfg.TEST.SAVE_SEGMENTS, split="test")
     writer = build_writer(cfg)
     writer.write({"split": "test_final", "checkpoint": str(path), **metrics, **coverage})
     writer.close()

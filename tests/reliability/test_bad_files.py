@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
+import torch
 import numpy as np
 import pytest
 import soundfile as sf
 
-from engine_utils import TINY_MODEL, metrics, run_net
+from engine_utils import REPO, TINY_MODEL, metrics, run_net
 from playitback.data.audio_io import AudioReadError, Hdf5AudioReader
 from playitback.data.dataset import AudioClipDataset, LabelFormat
 from playitback.data.records import ClipRecord
@@ -139,3 +140,107 @@ def test_missing_hdf5_key_is_named(tmp_path: Path) -> None:
     assert reader(ClipRecord(uid="P01_01_0", source="P01_01", labels=(0, 1), start_s=1.0, stop_s=2.0)).shape == (RATE,)
     with pytest.raises(AudioReadError, match="P01_02"):
         reader(ClipRecord(uid="P01_02_0", source="P01_02", labels=(0, 1), start_s=1.0, stop_s=2.0))
+
+
+# ---- val/test never substitute; absent files are left out at start (issue 12, items 2 and 3) ----------------------
+
+
+def _custom_opts(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["NUM_GPUS", "0", "TRAIN.DATASET", "custom", "TEST.DATASET", "custom", *TINY_MODEL, "MODEL.NUM_CLASSES",
+            "2", "CUSTOM.AUDIO_DATA_DIR", str(root / "audio"), "CUSTOM.ANNOTATIONS_DIR", str(root / "lists"),
+            "TRAIN.BATCH_SIZE", "4", "TEST.BATCH_SIZE", "4", "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0.0",
+            "DATA_LOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out), *extra]
+
+
+def _evaluate(cfg, records=None):
+    from playitback.data.build import build_dataset, build_loader
+    from playitback.engine import trainer
+    from playitback.models import build_model
+
+    torch.manual_seed(0)
+    task = trainer.build_task(cfg, build_model(cfg).eval(), torch.device("cpu"), train=False)
+    dataset = build_dataset(cfg, "test", records, output_dir=Path(cfg.OUTPUT_DIR))
+    return trainer.evaluate(cfg, task, build_loader(cfg, dataset, "test"), dataset, split="test")
+
+
+def test_unreadable_test_file_is_left_out_counted_and_named(faulty: Path, tmp_path: Path) -> None:
+    """With ON_BAD_FILE skip a corrupt test file is not replaced (its substitute's views would arrive twice): the
+    metrics are those of the readable clips alone, and say how many clips they cover."""
+    from playitback.config import load_config
+    from playitback.data.build import load_split_records
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = (faulty / "lists" / "test.csv").read_text().splitlines()
+    (lists / "classes.txt").write_text("a\nb\n")
+    (lists / "train.csv").write_text("\n".join(rows) + "\n")
+    (lists / "test.csv").write_text("\n".join(rows[:4] + ["not_audio.wav,a"] + rows[4:8]) + "\n")
+    root = tmp_path
+    (root / "audio").symlink_to(faulty / "audio")
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml", _custom_opts(
+        root, tmp_path / "run", "DATA_LOADER.ON_BAD_FILE", "skip", "TEST.NUM_ENSEMBLE_VIEWS", "2"))
+    (tmp_path / "run").mkdir()
+    metrics, details = _evaluate(cfg)
+    assert (metrics["clips"], metrics["clips_unreadable"], metrics["clips_listed"]) == (7.0, 1.0, 8.0)
+    assert "not_audio.wav" in (tmp_path / "run" / "bad_files.txt").read_text()
+    assert "not_audio.wav" not in details["uids"] and len(details["uids"]) == 7
+    readable = [r for r in load_split_records(cfg, "test") if r.source != "not_audio.wav"]
+    reference, _ = _evaluate(cfg, readable)
+    for key in ("top1_acc", "top5_acc", "mAP", "AUC"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-9), key
+
+
+@pytest.fixture()
+def incomplete(tmp_path: Path) -> Path:
+    """12 listed training clips of which 3 have no file (as in real AudioSet/VGG-Sound copies), 4 test clips."""
+    audio = tmp_path / "data" / "audio"
+    audio.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"{label}{i}.wav" for label in "ab" for i in range(6)]
+    for name in names[3:]:
+        sf.write(audio / name, (rng.standard_normal(2 * RATE) * 0.05).astype(np.float32), RATE)
+    lists = tmp_path / "data" / "lists"
+    lists.mkdir()
+    (lists / "classes.txt").write_text("a\nb\n")
+    (lists / "train.csv").write_text("file,label\n" + "".join(f"{n},{n[0]}\n" for n in names))
+    (lists / "test.csv").write_text("file,label\n" + "".join(f"{n},{n[0]}\n" for n in names[4:8]))
+    return tmp_path / "data"
+
+
+def test_absent_files_are_left_out_at_start_not_counted_as_bad(incomplete: Path, tmp_path: Path) -> None:
+    from playitback.config import load_config
+    from playitback.engine import trainer
+
+    out = tmp_path / "run"
+    # MAX_BAD_FRACTION 0 still trains: absent files are not bad files.
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml",
+                      _custom_opts(incomplete, out, "DATA_LOADER.MAX_BAD_FRACTION", "0.0"))
+    trainer.train(cfg)
+    assert (out / "missing_train.txt").read_text().splitlines() == [
+        f"a{i}\t{incomplete / 'audio' / f'a{i}.wav'}" for i in range(3)]
+    assert "train: 9 of 12 clips found under" in (out / "stdout.log").read_text()
+    assert not (out / "bad_files.txt").exists()
+    assert metrics(out, "val_epoch")[-1]["clips"] == 4.0
+    # Too few present: the run stops at start and names the first absent file.
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml",
+                      _custom_opts(incomplete, tmp_path / "strict", "DATA.MIN_FOUND_FRACTION", "0.8"))
+    from playitback.data.build import MissingAudioError
+
+    with pytest.raises(MissingAudioError, match=r"train: only 9 of 12 listed clips .*first absent: .*a0\.wav"):
+        trainer.train(cfg)
+
+
+def test_file_check_is_cached_per_list_and_invalidated_by_new_files(incomplete: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from playitback.config import load_config
+    from playitback.data.audio_io import FileAudioReader
+    from playitback.data.build import build_dataset
+
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml", _custom_opts(incomplete, tmp_path / "run"))
+    assert len(build_dataset(cfg, "train", output_dir=tmp_path)) == 9
+    calls = []
+    original = FileAudioReader.has_audio
+    monkeypatch.setattr(FileAudioReader, "has_audio", lambda self, record: calls.append(1) or original(self, record))
+    assert len(build_dataset(cfg, "train", output_dir=tmp_path)) == 9 and calls == []  # from the cache
+    sf.write(incomplete / "audio" / "a0.wav", np.zeros(2 * RATE, dtype=np.float32), RATE)
+    assert len(build_dataset(cfg, "train", output_dir=tmp_path)) == 10 and len(calls) == 12  # the folder changed
