@@ -35,7 +35,10 @@ def host_batch(cfg, batch: int = 2) -> dict[str, Tensor]:
         labels = (torch.rand(batch, counts[0]) < 0.05).float()
     else:
         labels = torch.randint(0, counts[0], (batch,))
-    return {"waveform": torch.randn(batch, derived.clip_samples(cfg)), "label": labels}
+    clip = derived.clip_samples(cfg)
+    # One short segment: its padded frames are filled on the device too (AUDIO_DATA.PAD_MODE edge).
+    valid = torch.tensor([clip // 2] + [clip] * (batch - 1))
+    return {"waveform": torch.randn(batch, clip), "valid_samples": valid, "label": labels}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))

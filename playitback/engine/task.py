@@ -72,8 +72,11 @@ class ClassificationTask:
         else:
             if self.pyramid is None:
                 raise ValueError("the batch holds waveforms but the task has no front-end (pyramid) to render them")
+            # "valid_samples" (from the dataset) marks short segments, padded as AUDIO_DATA.PAD_MODE says; a batch
+            # without it holds full crops.
+            valid = batch.get("valid_samples")
             playbacks = self.pyramid(to_device(batch["waveform"], self.device),
-                                     to_device(batch["valid_samples"], self.device))
+                                     None if valid is None else to_device(valid, self.device))
         # Targets are built (and labels range-checked) on the host, where the loader left the labels: a check on
         # the device would stall the host until the device caught up, every step.
         if train and self.mixup is not None:
