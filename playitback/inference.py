@@ -15,11 +15,9 @@ from torch import Tensor, nn
 
 from playitback.config import derived
 from playitback.data.build import build_pyramid
-from playitback.engine.checkpoint import CheckpointError, load_checkpoint_file
 from playitback.engine.trainer import load_weights
 from playitback.models import build_model
 from playitback.models.replay import replayed_seconds
-from playitback.models.weights import remap_state_dict
 
 
 @dataclass
@@ -64,18 +62,7 @@ def load_inference_model(cfg: CfgNode, checkpoint: str | Path | None, device: to
     """
     model = build_model(cfg)
     if checkpoint is not None:
-        if strict:
-            source = load_checkpoint_file(checkpoint)
-            source = source.get("model_state", source.get("model", source))
-            _, report = remap_state_dict(source, model.state_dict(), cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
-            if report.missing:
-                shown = ", ".join(report.missing[:5]) + (", ..." if len(report.missing) > 5 else "")
-                raise CheckpointError(
-                    f"checkpoint {checkpoint} does not fit the model of this config: {len(report.missing)} of "
-                    f"{len(model.state_dict())} weights are missing or have another shape ({shown}); pass the config "
-                    "the checkpoint was trained with (the same MODEL.*, ENCODER.*, DECODER.* and class count)"
-                )
-        load_weights(model, checkpoint, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+        load_weights(model, checkpoint, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN, strict=strict)
     return model.to(device).eval()
 
 

@@ -30,8 +30,10 @@ def make_tiny_dataset(root: Path) -> Path:
 
 
 def run_opts(data: Path, output_dir: Path, epochs: int = 2, batch: int = 8, workers: int = 0) -> list[str]:
-    """Overrides of a tiny CPU run on `data` writing to `output_dir`."""
+    """Overrides of a tiny CPU run on `data` writing to `output_dir`. PlayItBack runs start from a random frozen
+    encoder (MODEL.ALLOW_RANDOM_WEIGHTS): they test the machinery, not the method."""
     return [
+        "MODEL.ALLOW_RANDOM_WEIGHTS", "True",
         "NUM_GPUS", "0", "VGGSOUND.AUDIO_DATA_DIR", str(data / "audio"),
         "VGGSOUND.ANNOTATIONS_DIR", str(data / "annotations"), *TINY_MODEL,
         "TRAIN.BATCH_SIZE", str(batch), "TEST.BATCH_SIZE", str(batch), "SOLVER.MAX_EPOCH", str(epochs),

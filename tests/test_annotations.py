@@ -191,7 +191,7 @@ def test_project_csv_round_trip(tmp_path: Path) -> None:
         assert read_annotations(path, dataset) == records
     other_map = {"dog, barking": 0, "x": 1, "y": 2, "z": 3, "take": 4, "cup": 5}
     # Reading checks stored ids against a map; converting to another map is explicit.
-    with pytest.raises(AnnotationError, match="class 'dog, barking' has id 3 in this file but 0 in the run's class map"):
+    with pytest.raises(AnnotationError, match="class 'dog, barking' has id 3 in this file but 0 in the run's class"):
         read_annotations(path, "vggsound", class_index=other_map)
     remapped = relabel_records(records[:3], other_map)
     assert [r.labels for r in remapped] == [(0,), (1, 2, 3), (4, 5)]

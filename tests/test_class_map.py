@@ -79,7 +79,8 @@ def test_converter_writes_the_map_and_converts_lists(lists: Path) -> None:
     assert (lists / "classes.txt").read_text().splitlines() == ["playing hammond organ", "parrot talking",
                                                                  "basketball bounce"]
     done = subprocess.run([*tool, str(lists / "test.csv"), "--dataset", "vggsound", "--class-map",
-                           str(lists / "train.pkl"), "--out", str(lists / "test_ids.csv")], capture_output=True, text=True)
+                           str(lists / "train.pkl"), "--out", str(lists / "test_ids.csv")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     converted = read_annotations(lists / "test_ids.csv", "vggsound")
     assert [r.labels[0] for r in converted] == [PICKLE_IDS[r.label_names[0]] for r in converted]

@@ -122,3 +122,51 @@ def test_clip_gradients_by_norm_and_value() -> None:
     assert clip_gradients([a], None, None) is None and a.grad.tolist() == [1.0, -0.5]
     with pytest.raises(ValueError, match="at most one of clip_value and clip_l2norm"):
         clip_gradients([a], 1.0, 1.0)
+
+
+# ---- issue 12, item 11: warmup longer than the run, layer-wise LR decay -----------------------------------------
+
+
+def test_warmup_longer_than_the_run_follows_the_warmup_line() -> None:
+    """PySlowFast's rule: a run that ends inside its warmup (a 1-epoch smoke run of a 2.5-epoch warmup) follows the
+    same line as the full run, so its epoch is the first epoch of the full run."""
+    smoke = dict(COSINE, max_epoch=1.0)
+    for epoch in (0.0, 0.4, 0.999):
+        assert lr_at(epoch, **smoke) == pytest.approx(0.001 + (0.1 - 0.001) * epoch / 2.5)
+        assert lr_at(epoch, **smoke) == pytest.approx(lr_at(epoch, **COSINE))
+    # A warmup exactly as long as the run rises to BASE_LR at its end.
+    assert lr_at(0.5, **dict(COSINE, max_epoch=2.5)) == pytest.approx(0.001 + 0.099 * 0.5 / 2.5)
+
+
+def _tiny_playitback(*opts: str):
+    from engine_utils import REPO, TINY_MODEL
+    from playitback.config import load_config
+    from playitback.models import build_model
+
+    cfg = load_config(REPO / "configs/Demo/PlayItBackX2.yaml",
+                      ["NUM_GPUS", "0", *TINY_MODEL, "MODEL.FREEZE_ENCODER", "False", *opts])
+    return cfg, build_model(cfg)
+
+
+def test_layer_decay_gives_each_encoder_layer_its_hand_computed_factor() -> None:
+    """MAE/MViTv2 fine-tuning: with decay d and D blocks, the patch embedding gets d^(D+1), block i d^(D-i), the final
+    norm and head 1; everything after the encoder (saliency, decoder) 1. Weight decay still skips 1-D parameters."""
+    from playitback.engine.trainer import build_training_optimizer
+
+    cfg, model = _tiny_playitback("SOLVER.LAYER_DECAY", "0.5")
+    optimizer = build_training_optimizer(cfg, model)
+    set_lr(optimizer, 1.0)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    wd_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    expected = {"encoder.patch_embed.": 0.125, "encoder.blocks.0.": 0.25, "encoder.blocks.1.": 0.5,
+                "encoder.norm.": 1.0, "encoder.head.": 1.0, "decoder.": 1.0, "saliency_slots.": 1.0}
+    seen = set()
+    for name, param in model.named_parameters():
+        prefix = next(p for p in expected if name.startswith(p))
+        seen.add(prefix)
+        assert lr_of[id(param)] == pytest.approx(expected[prefix]), name
+        assert wd_of[id(param)] == (0.0 if param.ndim <= 1 or name.endswith(".bias") else cfg.SOLVER.WEIGHT_DECAY)
+    assert seen == set(expected)
+    # No decay (the default): one LR for every parameter, as before.
+    cfg, model = _tiny_playitback()
+    assert {group.get("lr_scale", 1.0) for group in build_training_optimizer(cfg, model).param_groups} == {1.0}

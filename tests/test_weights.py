@@ -124,9 +124,10 @@ def test_an_imagenet_mvitv2_checkpoint_file_starts_a_stage1_encoder(tmp_path) ->
     torch.save({"model_state": state, "epoch": 299}, path)
     head_before = model.encoder.head.projection.weight.clone()
 
-    checkpoint, complete = load_weights(model, path)
+    checkpoint, report = load_weights(model, path)
 
-    assert checkpoint["epoch"] == 299 and not complete  # its head does not fit: no optimiser state, epoch 0
+    # Its head does not fit and its keys were remapped: weights only (no optimiser state, epoch 0).
+    assert checkpoint["epoch"] == 299 and report.missing and report.remapped
     torch.testing.assert_close(model.encoder.patch_embed.proj.weight,
                                state["patch_embed.proj.weight"].mean(dim=1, keepdim=True))
     assert torch.equal(model.encoder.head.projection.weight, head_before)

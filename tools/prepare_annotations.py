@@ -4,10 +4,12 @@ Pickled DataFrames can run code when loaded; converting them once (in an environ
 CSV removes that risk. Examples::
 
     python tools/prepare_annotations.py data/VGG-Sound/test.pkl --dataset vggsound --out data/VGG-Sound/test.csv
-    python tools/prepare_annotations.py data/VGG-Sound/test.pkl --dataset vggsound --classes-out data/VGG-Sound/classes.txt
-    python tools/prepare_annotations.py my_test.csv --dataset vggsound --class-map data/VGG-Sound/test.pkl --out test_ids.csv
-    python tools/prepare_annotations.py data/VGG-Sound/train.pkl --dataset vggsound --out data/VGG-Sound/train_rest.csv \
-        --holdout-fraction 0.05 --holdout-out data/VGG-Sound/val.csv
+    python tools/prepare_annotations.py data/VGG-Sound/test.pkl --dataset vggsound \\
+        --classes-out data/VGG-Sound/classes.txt
+    python tools/prepare_annotations.py my_test.csv --dataset vggsound --class-map data/VGG-Sound/test.pkl \\
+        --out test_ids.csv
+    python tools/prepare_annotations.py data/VGG-Sound/train.pkl --dataset vggsound \\
+        --out data/VGG-Sound/train_rest.csv --holdout-fraction 0.05 --holdout-out data/VGG-Sound/val.csv
     python tools/prepare_annotations.py --from-folders /data/mysounds --out-dir data/mysounds --test-fraction 0.2
 
 The second writes the pickle's name -> id map as classes.txt (line number = id), which every split of a run then uses;

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playitback.config import ConfigError, load_config  # noqa: E402
 from playitback.engine.trainer import test, train  # noqa: E402
-from playitback.utils.distributed import launch_job  # noqa: E402
+from playitback.utils.distributed import gpu_errors, launch_job  # noqa: E402
 
 EPILOG = """\
 Overrides: any number of KEY VALUE pairs after the flags, e.g. `NUM_GPUS 0 SOLVER.BASE_LR 1e-3 OUTPUT_DIR runs/a`.
@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.cfg_file, args.opts, shard_id=args.shard_id, num_shards=args.num_shards)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    # Before any process, process group or OUTPUT_DIR exists (the shipped configs ask for 8 GPUs).
+    for problem in gpu_errors(cfg.NUM_GPUS):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if cfg.TRAIN.ENABLE:
         result = launch_job(cfg, args.init_method, train)

@@ -75,10 +75,11 @@ _C.TEST.ENABLE = True
 _C.TEST.DATASET = "vggsound"
 # Total test batch size over all processes.
 _C.TEST.BATCH_SIZE = 8
-# Checkpoint to evaluate; empty: the best (or last, see CHECKPOINT_SELECT) checkpoint of OUTPUT_DIR.
+# Checkpoint to evaluate; empty: a checkpoint of OUTPUT_DIR chosen by CHECKPOINT_SELECT.
 _C.TEST.CHECKPOINT_FILE_PATH = ""
-# Which checkpoint of OUTPUT_DIR to test when TEST.CHECKPOINT_FILE_PATH is empty: best | last.
-_C.TEST.CHECKPOINT_SELECT = "best"
+# Which checkpoint of OUTPUT_DIR to test when TEST.CHECKPOINT_FILE_PATH is empty: best | last | auto (best, but last
+# when the validation and test lists are the same file: a best chosen on the test list would inflate its metrics).
+_C.TEST.CHECKPOINT_SELECT = "auto"
 # Views per clip, uniformly spaced over the clip; their logits are summed (DATA.ENSEMBLE_METHOD).
 _C.TEST.NUM_ENSEMBLE_VIEWS = 10
 # Also pickle [scores, labels] to OUTPUT_DIR/<SAVE_RESULTS_PATH>.
@@ -105,6 +106,9 @@ _C.MODEL.LOSS_FUNC = "soft_cross_entropy"
 _C.MODEL.DROPOUT_RATE = 0.5
 # Freeze the encoder (it then runs in eval mode: no drop path, no dropout).
 _C.MODEL.FREEZE_ENCODER = True
+# Allow weights that no checkpoint provides: training PlayItBack on a frozen encoder no checkpoint initialised, or
+# testing a model whose checkpoint misses weights (smoke tests only; otherwise both are errors).
+_C.MODEL.ALLOW_RANDOM_WEIGHTS = False
 # Encoder only (no saliency, replay or decoder): the pretraining stage and the baseline.
 _C.MODEL.IGNORE_DECODER = False
 # Number of replays P; there are P+1 playbacks. 0 means encoder only.
@@ -370,13 +374,22 @@ _C.SOLVER.DAMPENING = 0.0
 _C.SOLVER.NESTEROV = True
 # Weight decay (never on 1-D parameters and biases when ZERO_WD_1D_PARAM).
 _C.SOLVER.WEIGHT_DECAY = 1e-4
-# Linear warmup from WARMUP_START_LR over WARMUP_EPOCHS (fractional), per iteration.
+# Linear warmup from WARMUP_START_LR over WARMUP_EPOCHS (fractional), per iteration; a run shorter than its warmup
+# ends on the warmup line (a warning says so).
 _C.SOLVER.WARMUP_EPOCHS = 0.0
 _C.SOLVER.WARMUP_START_LR = 1e-8
 # sgd | adam | adamw
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"
-# Multiply BASE_LR by NUM_SHARDS (computed, never written back).
+# The global batch BASE_LR is tuned for: the LR is BASE_LR * TRAIN.BATCH_SIZE / BASE_LR_BATCH_SIZE (0: BASE_LR as is).
+_C.SOLVER.BASE_LR_BATCH_SIZE = 0
+# How the LR follows the batch when BASE_LR_BATCH_SIZE is set: linear (Goyal et al., SGD) | sqrt (common for AdamW).
+_C.SOLVER.BASE_LR_SCALE_RULE = "linear"
+# The original's switch (LR times NUM_SHARDS, its batch being per machine); only False is accepted: the batch is global
+# here, use BASE_LR_BATCH_SIZE.
 _C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False
+# Layer-wise LR decay of a fine-tuned MViTv2 encoder (MAE/MViTv2 recipes): block i of D gets LAYER_DECAY^(D - i), the
+# patch embedding LAYER_DECAY^(D + 1), the final norm, head and everything after the encoder 1 (1.0: off).
+_C.SOLVER.LAYER_DECAY = 1.0
 # The cosine starts after the warmup.
 _C.SOLVER.COSINE_AFTER_WARMUP = True
 _C.SOLVER.ZERO_WD_1D_PARAM = True
@@ -446,7 +459,6 @@ REMOVED_KEYS: dict[str, str] = {
     "SOLVER.GAMMA": "never read",
     "SOLVER.STEP_SIZE": "never read",
     "SOLVER.WARMUP_FACTOR": "never read",
-    "SOLVER.LAYER_DECAY": "only 1.0 worked in the original",
     "TENSORBOARD.PREDICTIONS_PATH": "confusion matrices and histograms are not ported",
     "TENSORBOARD.CLASS_NAMES_PATH": "confusion matrices and histograms are not ported",
     "TENSORBOARD.CATEGORIES_PATH": "confusion matrices and histograms are not ported",

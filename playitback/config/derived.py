@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fvcore.common.config import CfgNode
+
+from playitback.utils import distributed as du
 
 DATASETS = ("vggsound", "audioset", "epickitchens", "custom")
 SPLITS = ("train", "val", "test")
@@ -38,18 +39,24 @@ def saliency_resolution(cfg: CfgNode) -> int:
 
 
 def world_size(cfg: CfgNode) -> int:
-    """Processes in the job: the launcher's WORLD_SIZE (torchrun) or SLURM_NTASKS (srun) when set, else
-    max(NUM_GPUS, 1) * NUM_SHARDS."""
-    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(var, "").isdigit() and (var != "SLURM_NTASKS" or "SLURM_PROCID" in os.environ):
-            return int(os.environ[var])
-    return max(int(cfg.NUM_GPUS), 1) * int(cfg.NUM_SHARDS)
+    """Processes in the job, as the launch will start them (the one rule of
+    :func:`playitback.utils.distributed.job_layout`: the launcher's world under torchrun or a multi-task srun, else
+    max(NUM_GPUS, 1) processes on each of NUM_SHARDS machines)."""
+    return du.job_layout(int(cfg.NUM_GPUS), int(cfg.NUM_SHARDS)).world
 
 
 def base_lr(cfg: CfgNode) -> float:
-    """BASE_LR, times NUM_SHARDS when SOLVER.BASE_LR_SCALE_NUM_SHARDS."""
-    scale = cfg.NUM_SHARDS if cfg.SOLVER.BASE_LR_SCALE_NUM_SHARDS else 1
-    return float(cfg.SOLVER.BASE_LR) * scale
+    """The peak LR of the run: BASE_LR, scaled to the global batch when SOLVER.BASE_LR_BATCH_SIZE is set.
+
+    TRAIN.BATCH_SIZE is the global batch (all processes of all machines), so the LR depends on it alone, never on how
+    many machines share it: ``BASE_LR * (TRAIN.BATCH_SIZE / BASE_LR_BATCH_SIZE)`` (linear rule) or its square root
+    (sqrt rule). The original's SOLVER.BASE_LR_SCALE_NUM_SHARDS multiplied by NUM_SHARDS because its BATCH_SIZE was
+    per machine; that is BASE_LR_BATCH_SIZE = the per-machine batch here.
+    """
+    if not cfg.SOLVER.BASE_LR_BATCH_SIZE:
+        return float(cfg.SOLVER.BASE_LR)
+    ratio = cfg.TRAIN.BATCH_SIZE / cfg.SOLVER.BASE_LR_BATCH_SIZE
+    return float(cfg.SOLVER.BASE_LR) * (math.sqrt(ratio) if cfg.SOLVER.BASE_LR_SCALE_RULE == "sqrt" else ratio)
 
 
 def encoder_width(cfg: CfgNode) -> int:

@@ -197,8 +197,22 @@ def load_config(
     if errors:
         where = f" in {cfg_file}" if cfg_file else ""
         raise ConfigError(f"{len(errors)} config problem(s){where}:\n  - " + "\n  - ".join(errors))
+    for warning in validation_warnings(cfg):
+        logger.warning("%s", warning)
     cfg.freeze()
     return cfg
+
+
+def validation_warnings(cfg: CfgNode) -> list[str]:
+    """Combinations that run but rarely mean what they say (logged by :func:`load_config`)."""
+    warnings = []
+    if cfg.TRAIN.ENABLE and cfg.SOLVER.WARMUP_EPOCHS >= cfg.SOLVER.MAX_EPOCH:
+        warnings.append(
+            f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) is not shorter than SOLVER.MAX_EPOCH "
+            f"({cfg.SOLVER.MAX_EPOCH}): the whole run warms up, on the line from SOLVER.WARMUP_START_LR to the LR at "
+            "the end of the warmup, and the schedule never decays (fine for a smoke run; lower WARMUP_EPOCHS otherwise)"
+        )
+    return warnings
 
 
 def _choice(errors: list[str], key: str, value: Any, choices: Iterable[Any]) -> None:
@@ -232,7 +246,8 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
     _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
     _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))
-    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("best", "last"))
+    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("auto", "best", "last"))
+    _choice(errors, "SOLVER.BASE_LR_SCALE_RULE", cfg.SOLVER.BASE_LR_SCALE_RULE, ("linear", "sqrt"))
     _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
     _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
     _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, ("inductor", "aot_eager", "eager", "cudagraphs"))
@@ -273,6 +288,13 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         errors.append("ENCODER.REL_POS_SPATIAL True is not supported (spectrogram token grids are not square)")
     if cfg.SALIENCY.NUM_SLOTS < 2:
         errors.append("SALIENCY.NUM_SLOTS must be >= 2 (slot 0 is the positive, slot 1 the negative saliency)")
+    if cfg.SALIENCY.READOUT == "attention" and cfg.SALIENCY.ITERS < 2:
+        errors.append(f"SALIENCY.ITERS ({cfg.SALIENCY.ITERS}) must be at least 2 with SALIENCY.READOUT attention: the "
+                      "readout takes the last iteration's attention, computed before that iteration's GRU and MLP, so "
+                      "with one iteration they (and the value projection) get no gradient and DDP fails at its second "
+                      "step; use 2 or more, or SALIENCY.READOUT slots")
+    elif cfg.SALIENCY.ITERS < 1:
+        errors.append("SALIENCY.ITERS must be >= 1")
 
     if not 0 <= cfg.TRAIN.NOT_LEARNING_MARGIN < 1 or cfg.TRAIN.NOT_LEARNING_EPOCHS < 0:
         errors.append(f"TRAIN.NOT_LEARNING_MARGIN ({cfg.TRAIN.NOT_LEARNING_MARGIN}) must be in [0, 1) and "
@@ -315,9 +337,20 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         errors.append("SOLVER.STEPS and SOLVER.LRS must have the same length")
     if cfg.SOLVER.MAX_EPOCH < 1:
         errors.append("SOLVER.MAX_EPOCH must be >= 1")
-    elif cfg.SOLVER.WARMUP_EPOCHS >= cfg.SOLVER.MAX_EPOCH:
-        errors.append(f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) must be smaller than SOLVER.MAX_EPOCH "
-                      f"({cfg.SOLVER.MAX_EPOCH})")
+    if cfg.SOLVER.WARMUP_EPOCHS < 0:
+        errors.append("SOLVER.WARMUP_EPOCHS must be >= 0")
+    if cfg.SOLVER.BASE_LR_SCALE_NUM_SHARDS:
+        errors.append(
+            "SOLVER.BASE_LR_SCALE_NUM_SHARDS True multiplied the LR by NUM_SHARDS in the original because its "
+            "TRAIN.BATCH_SIZE was per machine, so the global batch grew with the machines; here TRAIN.BATCH_SIZE is "
+            "the global batch, and the key would scale the LR at an unchanged batch. Set TRAIN.BATCH_SIZE to the global "
+            "batch (the original's BATCH_SIZE times NUM_SHARDS) and SOLVER.BASE_LR_BATCH_SIZE to the batch BASE_LR was "
+            "tuned for (the original's per-machine BATCH_SIZE): the LR then follows the global batch"
+        )
+    if cfg.SOLVER.BASE_LR_BATCH_SIZE < 0:
+        errors.append("SOLVER.BASE_LR_BATCH_SIZE must be >= 0 (0: BASE_LR as is)")
+    if not 0 < cfg.SOLVER.LAYER_DECAY <= 1:
+        errors.append(f"SOLVER.LAYER_DECAY ({cfg.SOLVER.LAYER_DECAY}) must be in (0, 1] (1.0: off)")
     if not 0 <= cfg.DATA_LOADER.MAX_BAD_FRACTION <= 1:
         errors.append("DATA_LOADER.MAX_BAD_FRACTION must be in [0, 1]")
     if not 0 <= cfg.DATA.MIN_FOUND_FRACTION <= 1:

@@ -112,7 +112,8 @@ def run_class_index(cfg: CfgNode, split: str) -> ClassMap | None:
                 "--classes-out) or use a list that stores ids (a pickle or a project CSV)"
             )
     records = read_annotations(source, dataset, allow_unsafe_pickle=cfg.DATA.ALLOW_UNSAFE_PICKLE)
-    return ClassMap(class_index_from_records(records), f"the {'train list' if source == train_list else 'list'} {source}")
+    what = "the train list" if source == train_list else "the list"
+    return ClassMap(class_index_from_records(records), f"{what} {source}")
 
 
 def load_split_records(cfg: CfgNode, split: str) -> list[ClipRecord]:

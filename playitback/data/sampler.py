@@ -2,8 +2,8 @@
 every item exactly once.
 
 Both training samplers follow one rule: every process builds the same sequence of items for the epoch (from one
-generator seeded by the pair of the run's seed and the epoch) and takes every `world`-th entry, so at each step the union of the
-processes' batches is one contiguous slice of that sequence: the same global batch for any number of processes. The
+generator seeded by the pair of the run's seed and the epoch) and takes every `world`-th entry, so at each step the
+union of the processes' batches is one contiguous slice of that sequence: the same global batch for any number of processes. The
 tail that does not fill a global batch is dropped (like drop_last), and after `set_start_batch(k)` the first k batches
 of the epoch are skipped, which is how a run resumes mid-epoch.
 """

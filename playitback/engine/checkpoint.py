@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = r"checkpoint_epoch_(\d{5})\.pyth"
 CHECKPOINT_DIRNAME = "checkpoints"
+# What this project's training checkpoints hold besides the original's keys (epoch, model_state, optimizer_state,
+# scaler_state, cfg): only such a checkpoint may restore an optimiser, scaler, schedule position and epoch.
+TRAINING_STATE_KEYS = ("iteration_in_epoch", "global_step", "rng_states", "optimizer_state", "scaler_state")
 
 
 class CheckpointError(RuntimeError):
@@ -28,6 +32,29 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds arbitrary pickled Python objects, so loading it could run code from the file."""
+
+
+def is_training_checkpoint(checkpoint: dict) -> bool:
+    """Whether a loaded checkpoint was written by this project's trainer (not an original PlayItBack, encoder-only
+    export or MViTv2 checkpoint, which hold weights to start from, not a run to continue)."""
+    return all(key in checkpoint for key in TRAINING_STATE_KEYS)
+
+
+def copy_checkpoint(source: str | Path, destination: str | Path) -> None:
+    """Copy a checkpoint file atomically (temporary file in the destination's folder, fsync, rename, fsync)."""
+    destination = Path(destination)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, length=16 * 2**20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(destination.parent)
 
 
 def checkpoint_path(output_dir: str | Path, epoch: int) -> Path:

@@ -5,10 +5,12 @@ Everything takes plain arguments; the mapping from config keys lives with the tr
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from playitback.models.mvit import MViT
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_POLICIES = ("cosine", "steps_with_relative_lrs")
@@ -28,35 +30,78 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, zero_wd_1d: bool = True, skip_names: Collection[str] = ()
+    model: nn.Module, weight_decay: float, zero_wd_1d: bool = True, skip_names: Collection[str] = (),
+    lr_scales: Mapping[str, float] | None = None,
 ) -> list[dict]:
-    """Splits the trainable parameters into a weight-decay group and a no-weight-decay group.
+    """Splits the trainable parameters into a weight-decay group and a no-weight-decay group (per LR scale).
 
     No weight decay goes to parameters named in ``skip_names`` or in a ``no_weight_decay()`` method of the model or
     of a submodule, and, when ``zero_wd_1d``, to 1-D parameters (norm scales and shifts) and biases. Every other
     parameter, including the 3-D slot means and the decoder latents, gets ``weight_decay``. Parameters with
-    ``requires_grad=False`` are left out, and empty groups are dropped.
+    ``requires_grad=False`` are left out, and empty groups are dropped. With ``lr_scales`` (e.g. from
+    :func:`layer_decay_scales`) the two groups are split further by scale, each group carrying its ``lr_scale``.
 
     Args:
         model: The model.
         weight_decay: Weight decay of the decayed group.
         zero_wd_1d: Whether 1-D parameters and biases skip weight decay.
         skip_names: Full parameter names (as in ``named_parameters``) that skip weight decay.
+        lr_scales: Full parameter name -> LR multiplier (1 for names it lacks), or None.
 
     Returns:
-        Parameter groups ``{"params": [...], "weight_decay": float}`` for ``build_optimizer``.
+        Parameter groups ``{"params": [...], "weight_decay": float[, "lr_scale": float]}`` for ``build_optimizer``,
+        highest scale first, the decayed group before the undecayed one.
     """
     skip = set(skip_names) | _no_weight_decay_names(model)
-    decay, no_decay = [], []
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_1d_or_bias = param.ndim <= 1 or name.endswith(".bias") or name == "bias"
-        (no_decay if name in skip or (zero_wd_1d and is_1d_or_bias) else decay).append(param)
-    if not decay and not no_decay:
+        no_decay = name in skip or (zero_wd_1d and is_1d_or_bias)
+        scale = lr_scales.get(name, 1.0) if lr_scales is not None else 1.0
+        buckets.setdefault((scale, no_decay), []).append(param)
+    if not buckets:
         raise ValueError("the model has no parameter with requires_grad=True, so there is nothing to optimise")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+    groups = []
+    for scale, no_decay in sorted(buckets, key=lambda key: (-key[0], key[1])):
+        group = {"params": buckets[scale, no_decay], "weight_decay": 0.0 if no_decay else weight_decay}
+        if lr_scales is not None:
+            group["lr_scale"] = scale
+        groups.append(group)
+    return groups
+
+
+def _mvit_layer(name: str, depth: int) -> int:
+    """Layer of an MViT parameter for layer-wise decay: 0 the embeddings, i + 1 block i, depth + 1 the norm and head."""
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """LR multipliers of layer-wise decay for every MViT encoder inside ``model`` (MAE and MViTv2 fine-tuning).
+
+    With D blocks, layer 0 is the patch embedding (and cls/position embeddings), layer i + 1 block i and layer D + 1
+    the final norm and head; layer l gets ``decay ** (D + 1 - l)``, so the head keeps the full LR and each block below
+    it a factor ``decay`` less. Parameters outside an encoder (saliency, decoder) are not listed: they keep 1.
+
+    Args:
+        model: The model (PlayItBack or the encoder classifier).
+        decay: The per-layer factor, in (0, 1].
+
+    Returns:
+        Full parameter name -> multiplier.
+    """
+    scales: dict[str, float] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, MViT):
+            depth = len(module.blocks)
+            for name, _ in module.named_parameters():
+                scales[f"{prefix}.{name}" if prefix else name] = decay ** (depth + 1 - _mvit_layer(name, depth))
+    return scales
 
 
 def build_optimizer(
@@ -105,7 +150,8 @@ def _lr_without_warmup(
 ) -> float:
     if policy == "cosine":
         offset = warmup_epochs if cosine_after_warmup else 0.0
-        progress = (min(epoch, max_epoch) - offset) / (max_epoch - offset)
+        # A run that ends inside its warmup never reaches the cosine: it stays at its start, the peak.
+        progress = max(min(epoch, max_epoch) - offset, 0.0) / (max_epoch - offset) if max_epoch > offset else 0.0
         return cosine_end_lr + (base_lr - cosine_end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     index = sum(1 for step in steps if step <= epoch) - 1
     return lrs[index] * base_lr
@@ -131,7 +177,8 @@ def lr_at(
     * "steps_with_relative_lrs": ``lrs[i] * base_lr`` for ``steps[i] <= e < steps[i + 1]``; ``steps`` starts at 0.
 
     For ``e < warmup_epochs`` the rate rises linearly from ``warmup_start_lr`` to the policy's value at
-    ``warmup_epochs``.
+    ``warmup_epochs``. A warmup as long as the run or longer is allowed (PySlowFast's rule, e.g. a 1-epoch smoke run
+    of a 2.5-epoch warmup): the run follows the same warmup line as the full run and ends on it.
 
     Args:
         epoch: Fractional epoch, >= 0.
@@ -153,8 +200,6 @@ def lr_at(
     if policy == "cosine":
         if cosine_end_lr > base_lr:
             raise ValueError(f"cosine_end_lr ({cosine_end_lr}) must not exceed base_lr ({base_lr})")
-        if cosine_after_warmup and warmup_epochs >= max_epoch:
-            raise ValueError(f"warmup_epochs ({warmup_epochs}) must be smaller than max_epoch ({max_epoch})")
     elif policy == "steps_with_relative_lrs":
         if not steps or len(steps) != len(lrs) or steps[0] != 0 or list(steps) != sorted(steps):
             raise ValueError(

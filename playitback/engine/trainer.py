@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,18 @@ from playitback.data.dataset import AudioClipDataset
 from playitback.data.records import ClipRecord
 from playitback.engine import checkpoint as ckpt
 from playitback.engine.learning_check import NotLearningCheck, chance_loss
-from playitback.engine.optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
+from playitback.engine.optim import (
+    build_optimizer,
+    clip_gradients,
+    layer_decay_scales,
+    lr_at,
+    param_groups,
+    set_lr,
+)
 from playitback.engine.reproducibility import (
     PER_CLASS_FILE,
-    task_class_names,
     audio_coverage,
+    task_class_names,
     write_clip_ids,
     write_per_class_csv,
 )
@@ -51,7 +58,7 @@ from playitback.losses import PlayItBackLoss
 from playitback.metrics import ViewEnsemble, classification_metrics
 from playitback.models import build_model
 from playitback.models.replay import replayed_seconds
-from playitback.models.weights import remap_state_dict
+from playitback.models.weights import LoadReport, remap_state_dict
 from playitback.utils import distributed as du
 from playitback.utils.logging import MetricWriter, setup_logging
 
@@ -64,6 +71,10 @@ class NonFiniteLossError(RuntimeError):
 
 class TooManyBadFilesError(RuntimeError):
     """More than DATA_LOADER.MAX_BAD_FRACTION of an epoch's items could not be read."""
+
+
+class RandomWeightsError(RuntimeError):
+    """Weights that no checkpoint provided would be trained on frozen or tested (see MODEL.ALLOW_RANDOM_WEIGHTS)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -132,9 +143,11 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
 
 
 def build_training_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimiser of SOLVER.* over the model's trainable parameters (no weight decay on 1-D ones)."""
+    """The optimiser of SOLVER.* over the model's trainable parameters (no weight decay on 1-D ones; layer-wise LR
+    decay of the encoder with SOLVER.LAYER_DECAY < 1)."""
+    scales = layer_decay_scales(model, cfg.SOLVER.LAYER_DECAY) if cfg.SOLVER.LAYER_DECAY < 1 else None
     return build_optimizer(
-        param_groups(model, cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM),
+        param_groups(model, cfg.SOLVER.WEIGHT_DECAY, zero_wd_1d=cfg.SOLVER.ZERO_WD_1D_PARAM, lr_scales=scales),
         cfg.SOLVER.OPTIMIZING_METHOD, derived.base_lr(cfg), momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV, dampening=cfg.SOLVER.DAMPENING,
     )
@@ -151,22 +164,41 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = ()) -> tuple[dict, bool]:
+def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = (),
+                 strict: bool = False) -> tuple[dict, LoadReport]:
     """Load model weights from a checkpoint (PlayItBack, encoder pretraining, or a bare/ImageNet MViTv2 state dict).
 
-    Returns (the checkpoint dict, whether its optimizer state may be restored: only when every model key came from it
-    under the same name).
+    Args:
+        model: The plain model (not wrapped).
+        path: The checkpoint.
+        clear_name_patterns: Substrings removed from the checkpoint's keys (TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN).
+        strict: Require every weight of the model from the checkpoint (testing, prediction: a decoder or head left at
+            its random initialisation would give confident nonsense).
+
+    Returns:
+        (the checkpoint dict, the report of which model keys it filled).
+
+    Raises:
+        CheckpointError: No weight matches, or (strict) some are missing.
     """
     checkpoint = ckpt.load_checkpoint_file(path)
     source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
     mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
-    model.load_state_dict(mapped, strict=False)
-    logger.info("loaded weights from %s: %s", path, report.summary())
     if not report.loaded:
         raise ckpt.CheckpointError(
             f"no weight of {path} matches this model (different architecture or class count?): {report.summary()}"
         )
-    return checkpoint, not report.missing and not report.remapped
+    if strict and report.missing:
+        shown = ", ".join(report.missing[:5]) + (", ..." if len(report.missing) > 5 else "")
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} does not fit the model of this config: {len(report.missing)} of "
+            f"{len(model.state_dict())} weights are missing or have another shape ({shown}); pass the config the "
+            "checkpoint was trained with (the same MODEL.*, ENCODER.*, DECODER.* and class count), or "
+            "MODEL.ALLOW_RANDOM_WEIGHTS True to test with those weights random"
+        )
+    model.load_state_dict(mapped, strict=False)
+    logger.info("loaded weights from %s: %s", path, report.summary())
+    return checkpoint, report
 
 
 def count_parameters(model: nn.Module) -> dict[str, float]:
@@ -216,6 +248,8 @@ class TrainState:
     iteration: int = 0  # batches of that epoch already done
     global_step: int = 0
     best_metric: float = -math.inf
+    # The epoch's checkpoint is written and its validation has not finished (a resumed run runs it first).
+    pending_validation: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -234,6 +268,7 @@ def _checkpoint_state(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Opt
         "iteration_in_epoch": state.iteration,
         "global_step": state.global_step,
         "best_metric": state.best_metric,
+        "pending_validation": state.pending_validation,
         "model_state": unwrap(model).state_dict(),
         "optimizer_state": optimizer.state_dict(),
         "scaler_state": scaler.state_dict(),
@@ -244,51 +279,122 @@ def _checkpoint_state(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Opt
 
 
 def save_training_checkpoint(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             scaler: torch.amp.GradScaler, task: ClassificationTask, state: TrainState,
-                             best: bool = False) -> None:
-    """Write OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth (and checkpoint_best.pyth) atomically, on the
-    main process, with the random states of every process."""
+                             scaler: torch.amp.GradScaler, task: ClassificationTask, state: TrainState) -> Path:
+    """Write OUTPUT_DIR/checkpoints/checkpoint_epoch_{epoch+1:05d}.pyth atomically, on the main process, with the
+    random states of every process; returns its path."""
     random_states = du.all_gather_objects({"rng_state": ckpt.rng_state(),
                                            "augment_generator_state": task.generator.get_state()})
+    path = ckpt.checkpoint_path(cfg.OUTPUT_DIR, state.epoch + 1)
     if du.is_main_process():
-        payload = _checkpoint_state(cfg, model, optimizer, scaler, state, random_states)
-        path = ckpt.checkpoint_path(cfg.OUTPUT_DIR, state.epoch + 1)
-        ckpt.save_checkpoint(path, payload)
+        ckpt.save_checkpoint(path, _checkpoint_state(cfg, model, optimizer, scaler, state, random_states))
         logger.info("saved %s (epoch %d, iteration %d)", path, state.epoch + 1, state.iteration)
-        if best:
-            ckpt.save_checkpoint(ckpt.best_checkpoint_path(cfg.OUTPUT_DIR), payload)
     du.barrier()
+    return path
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], source: Path | str) -> None:
+    """Load an optimiser state whose parameter groups match this run's; otherwise start fresh, saying why."""
+    saved_sizes = [len(group["params"]) for group in saved.get("param_groups", [])]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        logger.warning("%s: its optimiser state has parameter groups of %s parameters, this run's %s (another model, "
+                       "MODEL.FREEZE_ENCODER or SOLVER.LAYER_DECAY?): the optimiser state starts fresh", source,
+                       saved_sizes, sizes)
+        return
+    optimizer.load_state_dict(saved)
+
+
+def _restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any], source: Path | str) -> None:
+    """Load a GradScaler state when this run scales and the checkpoint has one; skip what does not apply (a
+    checkpoint saved with the scaler disabled holds {}), with one log line."""
+    if not scaler.is_enabled():
+        if saved:
+            logger.info("%s: this run does not scale its loss (bfloat16 or float32), so the checkpoint's GradScaler "
+                        "state is not used", source)
+        return
+    if not saved:
+        logger.info("%s holds no GradScaler state (saved without fp16 scaling): the loss scale starts at %g", source,
+                    scaler.get_scale())
+        return
+    scaler.load_state_dict(saved)
+
+
+def _resume_run(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                task: ClassificationTask, path: Path, checkpoint: dict[str, Any]) -> TrainState:
+    """Continue a run exactly from its own checkpoint: modules, optimiser, scaler, random streams, position."""
+    unwrap(model).load_state_dict(checkpoint["model_state"])
+    _restore_optimizer(optimizer, checkpoint["optimizer_state"], path)
+    _restore_scaler(scaler, checkpoint["scaler_state"], path)
+    states = checkpoint["rng_states"]
+    if len(states) != du.get_world_size():
+        logger.warning("checkpoint holds random states of %d process(es), this job has %d: the resumed run is "
+                       "valid but not bit-identical to an uninterrupted one", len(states), du.get_world_size())
+    mine = states[du.get_rank() % len(states)]
+    ckpt.set_rng_state(mine["rng_state"])
+    task.generator.set_state(mine["augment_generator_state"])
+    state = TrainState(checkpoint["epoch"], checkpoint["iteration_in_epoch"], checkpoint["global_step"],
+                       checkpoint["best_metric"], checkpoint.get("pending_validation", False))
+    logger.info("resumed from %s: epoch %d, iteration %d", path, state.epoch + 1, state.iteration)
+    return state
+
+
+def _start_from_checkpoint(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler) -> tuple[TrainState, list[str]]:
+    """Start from TRAIN.CHECKPOINT_FILE_PATH: its weights, and (for this project's own training checkpoint of this
+    model, unless TRAIN.CHECKPOINT_EPOCH_RESET) its optimiser, scaler, schedule and epoch. Returns the state and the
+    model keys the checkpoint left unfilled.
+
+    Anything else (an original PlayItBack checkpoint, whose optimiser holds every parameter and whose epoch is its
+    last; an encoder or MViTv2 checkpoint) gives weights only.
+    """
+    path = cfg.TRAIN.CHECKPOINT_FILE_PATH
+    checkpoint, report = load_weights(unwrap(model), path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    if not ckpt.is_training_checkpoint(checkpoint):
+        logger.info("%s is not a playitback training checkpoint: loaded its weights only; the optimiser, GradScaler, "
+                    "schedule and epoch start fresh", path)
+        return TrainState(), report.missing
+    if report.missing or report.remapped or cfg.TRAIN.CHECKPOINT_EPOCH_RESET:
+        why = "TRAIN.CHECKPOINT_EPOCH_RESET" if cfg.TRAIN.CHECKPOINT_EPOCH_RESET else "it is another model's"
+        logger.info("%s: loaded its weights only (%s); the optimiser, GradScaler, schedule and epoch start fresh",
+                    path, why)
+        return TrainState(), report.missing
+    _restore_optimizer(optimizer, checkpoint["optimizer_state"], path)
+    _restore_scaler(scaler, checkpoint["scaler_state"], path)
+    state = TrainState(epoch=int(checkpoint["epoch"]) + 1)
+    logger.info("%s: continuing its schedule at epoch %d", path, state.epoch + 1)
+    return state, []
+
+
+def _require_encoder_weights(cfg: CfgNode, model: nn.Module, unfilled: Sequence[str]) -> None:
+    """A frozen encoder must come from a checkpoint: PlayItBack would otherwise train on random features."""
+    if derived.is_encoder_only(cfg) or not cfg.MODEL.FREEZE_ENCODER:
+        return
+    encoder_keys = [key for key in unwrap(model).state_dict() if key.startswith("encoder.")]
+    random = [key for key in unfilled if key.startswith("encoder.")]
+    if not random:
+        return
+    shown = ", ".join(random[:3]) + (", ..." if len(random) > 3 else "")
+    message = (f"MODEL.FREEZE_ENCODER is True but {len(random)} of {len(encoder_keys)} encoder weights come from no "
+               f"checkpoint ({shown}): the frozen encoder would stay at its random initialisation for the whole run. "
+               "Set TRAIN.CHECKPOINT_FILE_PATH to the stage-1 checkpoint (<stage-1 OUTPUT_DIR>/checkpoints/"
+               "checkpoint_best.pyth) or an MViTv2 checkpoint, or MODEL.ALLOW_RANDOM_WEIGHTS True for a smoke test")
+    if not cfg.MODEL.ALLOW_RANDOM_WEIGHTS:
+        raise RandomWeightsError(message)
+    logger.warning("%s (allowed by MODEL.ALLOW_RANDOM_WEIGHTS)", message)
 
 
 def _resume(cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
             task: ClassificationTask) -> TrainState:
-    """Auto-resume from the newest valid checkpoint of OUTPUT_DIR, else start from TRAIN.CHECKPOINT_FILE_PATH."""
+    """Auto-resume from the newest valid checkpoint of OUTPUT_DIR, else start from TRAIN.CHECKPOINT_FILE_PATH, else
+    from scratch; a frozen encoder must have received its weights."""
     found = ckpt.latest_valid_checkpoint(cfg.OUTPUT_DIR) if cfg.TRAIN.AUTO_RESUME else None
     if found is not None:
-        path, checkpoint = found
-        unwrap(model).load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        scaler.load_state_dict(checkpoint["scaler_state"])
-        states = checkpoint["rng_states"]
-        if len(states) != du.get_world_size():
-            logger.warning("checkpoint holds random states of %d process(es), this job has %d: the resumed run is "
-                           "valid but not bit-identical to an uninterrupted one", len(states), du.get_world_size())
-        mine = states[du.get_rank() % len(states)]
-        ckpt.set_rng_state(mine["rng_state"])
-        task.generator.set_state(mine["augment_generator_state"])
-        state = TrainState(checkpoint["epoch"], checkpoint["iteration_in_epoch"], checkpoint["global_step"],
-                           checkpoint["best_metric"])
-        logger.info("resumed from %s: epoch %d, iteration %d", path, state.epoch + 1, state.iteration)
-        return state
+        return _resume_run(model, optimizer, scaler, task, *found)
+    state, unfilled = TrainState(), list(unwrap(model).state_dict())
     if cfg.TRAIN.CHECKPOINT_FILE_PATH:
-        checkpoint, complete = load_weights(unwrap(model), cfg.TRAIN.CHECKPOINT_FILE_PATH,
-                                            cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
-        if complete and not cfg.TRAIN.CHECKPOINT_EPOCH_RESET and "optimizer_state" in checkpoint:
-            optimizer.load_state_dict(checkpoint["optimizer_state"])
-            if "scaler_state" in checkpoint:
-                scaler.load_state_dict(checkpoint["scaler_state"])
-            return TrainState(epoch=int(checkpoint.get("epoch", -1)) + 1)
-    return TrainState()
+        state, unfilled = _start_from_checkpoint(cfg, model, optimizer, scaler)
+    _require_encoder_weights(cfg, model, unfilled)
+    return state
 
 
 def wrap_model(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:
@@ -487,6 +593,7 @@ def train(cfg: CfgNode) -> dict[str, Any]:
         iters_per_epoch = min(iters_per_epoch, cfg.TRAIN.MAX_ITERS_PER_EPOCH)
     logger.info("training on %d clips (%d iterations per epoch, %d process(es)), validating on %d clips",
                 len(train_set), iters_per_epoch, world, len(val_set))
+    _log_batch_and_lr(cfg, world)
     writer = build_writer(cfg)
     learning = NotLearningCheck(chance_loss([r.labels for r in train_set.records], derived.class_counts(cfg),
                                             cfg.DATA.MULTI_LABEL), cfg.TRAIN.NOT_LEARNING_EPOCHS,
@@ -497,6 +604,8 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     try:
         while state.epoch < cfg.SOLVER.MAX_EPOCH:
             if state.iteration >= iters_per_epoch:
+                if state.pending_validation:  # resumed from a checkpoint whose validation did not finish
+                    val_metrics = validate_epoch(cfg, task, val_loader, val_set, state, writer)
                 state.epoch, state.iteration = state.epoch + 1, 0
                 continue
             train_set.set_epoch(state.epoch)
@@ -522,21 +631,49 @@ def train(cfg: CfgNode) -> dict[str, Any]:
                               "train_loss": epoch_stats["loss_fused"], "chance_loss": learning.chance,
                               "message": warning}, step=state.global_step)
             last = state.epoch + 1 == cfg.SOLVER.MAX_EPOCH
-            is_best = False
-            if (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last:
-                val_metrics, _ = evaluate(cfg, task, val_loader, val_set, split="val")
-                score = primary_metric(val_metrics, cfg)
-                is_best = score > state.best_metric
-                state.best_metric = max(state.best_metric, score)
-                writer.write({"split": "val_epoch", "epoch": state.epoch + 1, **val_metrics,
-                              "best": state.best_metric}, step=state.global_step)
-            if (state.epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last or is_best:
-                save_training_checkpoint(cfg, model, optimizer, scaler, task, state, best=is_best)
+            validate = (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last
+            # Saved before validating, so a failing validation does not lose the epoch; the checkpoint says its
+            # validation is pending, and a resumed run runs it.
+            if validate or (state.epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
+                state.pending_validation = validate
+                save_training_checkpoint(cfg, model, optimizer, scaler, task, state)
+            if validate:
+                val_metrics = validate_epoch(cfg, task, val_loader, val_set, state, writer)
             state.epoch, state.iteration = state.epoch + 1, 0
     finally:
         stop.restore()
         writer.close()
     return val_metrics
+
+
+def validate_epoch(cfg: CfgNode, task: ClassificationTask, loader: Iterable[dict[str, Any]],
+                   dataset: AudioClipDataset, state: TrainState, writer: MetricWriter) -> dict[str, Any]:
+    """Validate the epoch just trained, whose checkpoint is already written: record the metrics and, when they are the
+    best so far, copy that checkpoint to checkpoint_best.pyth."""
+    metrics, _ = evaluate(cfg, task, loader, dataset, split="val")
+    score = primary_metric(metrics, cfg)
+    is_best = score > state.best_metric
+    state.best_metric = max(state.best_metric, score)
+    state.pending_validation = False
+    writer.write({"split": "val_epoch", "epoch": state.epoch + 1, **metrics, "best": state.best_metric},
+                 step=state.global_step)
+    if is_best and du.is_main_process():
+        ckpt.copy_checkpoint(ckpt.checkpoint_path(cfg.OUTPUT_DIR, state.epoch + 1),
+                             ckpt.best_checkpoint_path(cfg.OUTPUT_DIR))
+        logger.info("epoch %d is the best so far (%.4f): copied its checkpoint to %s", state.epoch + 1, score,
+                    ckpt.best_checkpoint_path(cfg.OUTPUT_DIR))
+    du.barrier()
+    return metrics
+
+
+def _log_batch_and_lr(cfg: CfgNode, world: int) -> None:
+    """One line: the global batch, how it is split, and the peak LR it gets (SOLVER.BASE_LR_BATCH_SIZE)."""
+    solver = cfg.SOLVER
+    rule = (f"BASE_LR {solver.BASE_LR} x {solver.BASE_LR_SCALE_RULE}({cfg.TRAIN.BATCH_SIZE} / "
+            f"{solver.BASE_LR_BATCH_SIZE})" if solver.BASE_LR_BATCH_SIZE else "SOLVER.BASE_LR")
+    logger.info("global batch %d = %d per process x %d process(es); peak learning rate %.6g (%s)",
+                cfg.TRAIN.BATCH_SIZE, derived.per_process_batch(cfg.TRAIN.BATCH_SIZE, world), world,
+                derived.base_lr(cfg), rule)
 
 
 def first_batches(loader: Iterable[dict[str, Any]], count: int) -> Iterable[dict[str, Any]]:
@@ -645,12 +782,32 @@ def _segments(outputs: dict[str, Tensor], batch: dict[str, Any], dataset: AudioC
     return records
 
 
+def validation_is_test(cfg: CfgNode) -> bool:
+    """Whether the validation and test splits read the same annotation file(s) (VGG-Sound and AudioSet have no
+    official validation split, and the shipped configs validate on the test list)."""
+    val, test = derived.dataset_files(cfg, "val"), derived.dataset_files(cfg, "test")
+    return val.dataset == test.dataset and {p.resolve() for p in val.annotation_files} == {
+        p.resolve() for p in test.annotation_files}
+
+
 def _test_checkpoint(cfg: CfgNode) -> Path | None:
-    """TEST.CHECKPOINT_FILE_PATH, else the best (or last) checkpoint of OUTPUT_DIR, else TRAIN.CHECKPOINT_FILE_PATH."""
+    """TEST.CHECKPOINT_FILE_PATH, else the checkpoint of OUTPUT_DIR that TEST.CHECKPOINT_SELECT names (auto: the best,
+    or the last when validation and test share their list), else TRAIN.CHECKPOINT_FILE_PATH."""
     if cfg.TEST.CHECKPOINT_FILE_PATH:
         return Path(cfg.TEST.CHECKPOINT_FILE_PATH)
+    select, same = cfg.TEST.CHECKPOINT_SELECT, validation_is_test(cfg)
+    lists = ", ".join(map(str, derived.dataset_files(cfg, "test").annotation_files))
+    if select == "auto":
+        select = "last" if same else "best"
+        if same:
+            logger.info("the validation and test lists are the same file (%s): testing the last checkpoint, since "
+                        "checkpoint_best was chosen on this list (hold out a validation list with "
+                        "tools/prepare_annotations.py --holdout-fraction, or TEST.CHECKPOINT_SELECT best)", lists)
+    elif select == "best" and same:
+        logger.warning("TEST.CHECKPOINT_SELECT best: checkpoint_best was chosen on the test list itself (%s), so its "
+                       "test metrics are optimistic", lists)
     best = ckpt.best_checkpoint_path(cfg.OUTPUT_DIR)
-    if cfg.TEST.CHECKPOINT_SELECT == "best" and best.is_file():
+    if select == "best" and best.is_file():
         return best
     epochs = ckpt.list_epoch_checkpoints(cfg.OUTPUT_DIR)
     if epochs:
@@ -668,10 +825,14 @@ def test(cfg: CfgNode) -> dict[str, float]:
     model = build_model(cfg)
     path = _test_checkpoint(cfg)
     if path is None:
-        logger.warning("no checkpoint to test (TEST.CHECKPOINT_FILE_PATH is empty and %s/checkpoints has none): "
-                       "testing randomly initialised weights", cfg.OUTPUT_DIR)
+        message = (f"no checkpoint to test (TEST.CHECKPOINT_FILE_PATH is empty and {cfg.OUTPUT_DIR}/checkpoints has "
+                   "none)")
+        if not cfg.MODEL.ALLOW_RANDOM_WEIGHTS:
+            raise RandomWeightsError(f"{message}; set TEST.CHECKPOINT_FILE_PATH (or MODEL.ALLOW_RANDOM_WEIGHTS True to "
+                                     "test random weights)")
+        logger.warning("%s: testing randomly initialised weights (MODEL.ALLOW_RANDOM_WEIGHTS)", message)
     else:
-        load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+        load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN, strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
     model = wrap_model(cfg, model, device)
     task = build_task(cfg, model, device, train=False)
     test_set = build_dataset(cfg, "test", output_dir=Path(cfg.OUTPUT_DIR))
@@ -696,7 +857,7 @@ def _write_scores(cfg: CfgNode, details: dict[str, Any], records: list[ClipRecor
     of every class) and segments.jsonl."""
     scores_dir = Path(cfg.OUTPUT_DIR) / "scores"
     scores_dir.mkdir(parents=True, exist_ok=True)
-    name = cfg.EPICKITCHENS.TEST_SPLIT if cfg.TEST.DATASET == "epickitchens" else "test"
+    name = cfg.EPICKITCHENS.TEST_SPLIT if derived.split_dataset(cfg, "test") == "epickitchens" else "test"
     np.savez(scores_dir / f"{name}.npz", scores=details["scores"].numpy(), per_view=details["per_view"].numpy(),
              labels=details["labels"].numpy(), uids=np.array(details["uids"]))
     if cfg.TEST.SAVE_RESULTS_PATH:

@@ -260,6 +260,10 @@ class TemporalSaliency(nn.Module):
             raise ValueError(
                 f"TemporalSaliency: num_slots must be >= 2 (a positive and a negative slot), got {num_slots}"
             )
+        if readout == "attention" and iters < 2:
+            # The readout takes the last iteration's attention, which precedes that iteration's update: with one
+            # iteration the value projection, GRU and MLP never act on the output and get no gradient.
+            raise ValueError(f"TemporalSaliency: the attention readout needs iters >= 2, got {iters}")
         if frames0 < 1 or resolution < 1:
             raise ValueError(f"TemporalSaliency: frames0 and resolution must be >= 1, got {frames0}, {resolution}")
         self.token_dim = token_dim

@@ -1,11 +1,14 @@
 """Process launch and collectives.
 
 Three ways to start a job, one code path after start-up:
-  * torchrun / srun: the launcher started every process; rank and world come from its environment variables;
-  * `NUM_GPUS > 1` without a launcher: one process per GPU is spawned here (PySlowFast habit), ranks
-    SHARD_ID * NUM_GPUS + local rank, rendezvous at `--init_method`;
+  * torchrun / srun with several tasks: the launcher started every process; rank and world come from its environment
+    variables;
+  * without a launcher (an srun of one task counts as none), a job of more than one process: max(NUM_GPUS, 1)
+    processes are spawned here on each of NUM_SHARDS machines (PySlowFast habit), ranks SHARD_ID * per-machine +
+    local rank, rendezvous at `--init_method`;
   * otherwise a single process without a process group.
-NCCL is used on GPUs and gloo on the CPU (NUM_GPUS 0).
+:func:`job_layout` is the one rule for all three: the config is validated against the world it gives and the launch
+starts exactly that. NCCL is used on GPUs and gloo on the CPU (NUM_GPUS 0).
 """
 from __future__ import annotations
 
@@ -41,6 +44,43 @@ def launcher_process_info() -> ProcessInfo | None:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
         return ProcessInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return None
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """How many processes a job has and who starts them."""
+
+    world: int  # processes in the whole job
+    per_machine: int  # processes this command starts on its machine when no launcher started it
+    launched: bool  # started by torchrun or srun (ranks from the environment)
+
+
+def job_layout(num_gpus: int, num_shards: int) -> JobLayout:
+    """The processes a job of NUM_GPUS and NUM_SHARDS runs in this environment (see the module docstring)."""
+    info = launcher_process_info()
+    if info is not None:
+        return JobLayout(info.world, 1, True)
+    per_machine = max(num_gpus, 1)
+    return JobLayout(per_machine * num_shards, per_machine, False)
+
+
+def gpu_errors(num_gpus: int) -> list[str]:
+    """Why this machine cannot run a job of NUM_GPUS (empty when it can): the GPUs the processes started here need
+    must be visible. Checked before any process starts, so the message names the fix instead of a CUDA error."""
+    if num_gpus <= 0:
+        return []
+    info = launcher_process_info()
+    needed = info.local_rank + 1 if info is not None else num_gpus
+    visible = torch.cuda.device_count()
+    if visible >= needed:
+        return []
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"CUDA_VISIBLE_DEVICES={devices!r}" if devices is not None else "CUDA_VISIBLE_DEVICES is not set"
+    if info is not None:
+        return [f"local rank {info.local_rank} needs GPU {info.local_rank}, but this machine has {visible} visible "
+                f"GPU(s) ({seen}); start at most {visible} process(es) per machine, or pass NUM_GPUS 0 for the CPU"]
+    fix = f"NUM_GPUS {visible} (one process per GPU) or NUM_GPUS 0 for the CPU" if visible else "NUM_GPUS 0 for the CPU"
+    return [f"NUM_GPUS is {num_gpus} but this machine has {visible} visible GPU(s) ({seen}); pass {fix}"]
 
 
 def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str | None,
@@ -108,10 +148,10 @@ def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInf
         destroy()
 
 
-def _spawned_worker(local_rank: int, func: Callable[..., Any], cfg: Any, init_method: str, num_gpus: int,
-                    shard_id: int, num_shards: int, backend: str) -> None:
-    info = ProcessInfo(shard_id * num_gpus + local_rank, num_gpus * num_shards, local_rank)
-    _init_process_group(info, True, backend, init_method, cfg.DIST_TIMEOUT_SECS)
+def _spawned_worker(local_rank: int, func: Callable[..., Any], cfg: Any, init_method: str, per_machine: int,
+                    shard_id: int, num_shards: int, backend: str, use_gpu: bool) -> None:
+    info = ProcessInfo(shard_id * per_machine + local_rank, per_machine * num_shards, local_rank)
+    _init_process_group(info, use_gpu, backend, init_method, cfg.DIST_TIMEOUT_SECS)
     _run_in_process_group(func, cfg, info)
 
 
@@ -119,17 +159,18 @@ def launch_job(cfg: Any, init_method: str, func: Callable[[Any], Any]) -> Any:
     """Run `func(cfg)` in every process of the job (see the module docstring). Returns func's result in a
     single-process or launcher-started job, None after spawning."""
     use_gpu = cfg.NUM_GPUS > 0
+    layout = job_layout(cfg.NUM_GPUS, cfg.NUM_SHARDS)
     info = launcher_process_info()
     if info is not None:
         # torchrun exports MASTER_ADDR/MASTER_PORT; under srun the sbatch script does, or --init_method names the host.
         method = "env://" if "MASTER_ADDR" in os.environ else init_method
         _init_process_group(info, use_gpu, cfg.DIST_BACKEND, method, cfg.DIST_TIMEOUT_SECS)
         return _run_in_process_group(func, cfg, info)
-    if cfg.NUM_GPUS > 1:
+    if layout.world > 1:
         mp.spawn(
             _spawned_worker,
-            nprocs=cfg.NUM_GPUS,
-            args=(func, cfg, init_method, cfg.NUM_GPUS, cfg.SHARD_ID, cfg.NUM_SHARDS, cfg.DIST_BACKEND),
+            nprocs=layout.per_machine,
+            args=(func, cfg, init_method, layout.per_machine, cfg.SHARD_ID, cfg.NUM_SHARDS, cfg.DIST_BACKEND, use_gpu),
             daemon=False,
         )
         return None
