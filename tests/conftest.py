@@ -29,6 +29,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generated demo dataset of engine_utils.make_tiny_dataset, made once per session."""
+    from engine_utils import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
 def real_clips(shared_data: Path) -> list[Path]:
     """The four real 16 kHz VGG-Sound clips."""
     clips = sorted((shared_data / "audio").glob("*.wav"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_utils import REPO, make_tiny_dataset, metrics, run_opts
+from engine_utils import REPO, metrics, run_opts
 from playitback.config import load_config
 from playitback.data.records import ClipRecord
 from playitback.engine import checkpoint as ckpt
@@ -27,8 +27,8 @@ TEST_ONLY = ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.NUM_ENSEMBLE_
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+def data(tiny_data: Path) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
