@@ -276,12 +276,13 @@ def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...]) -> list[tuple
 
 @functools.lru_cache(maxsize=None)
 def _cached_pyramid(sample_rate: int, num_playbacks: int, frames0: int, window_ms: float, n_fft: int,
-                    n_mels: int) -> PlaybackPyramid:
-    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels)
+                    n_mels: int, pad_mode: str) -> PlaybackPyramid:
+    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode)
 
 
 def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, frames0: int = 400,
-                     window_ms: float = 20.0, n_fft: int = 2048, n_mels: int = 128) -> list[Tensor]:
+                     window_ms: float = 20.0, n_fft: int = 2048, n_mels: int = 128, *,
+                     valid_samples: Tensor | int | None = None, pad_mode: str = "edge") -> list[Tensor]:
     """Playback pyramid of one crop or a batch of crops (public API, DESIGN.md section 6).
 
     Uses one cached :class:`PlaybackPyramid` per configuration, so repeated calls build the mel matrix once.
@@ -294,8 +295,11 @@ def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, fra
         window_ms: Hann window length in milliseconds.
         n_fft: FFT size.
         n_mels: number of mel bands F.
+        valid_samples: samples of audio in each crop ([B] or an int), the rest being zero padding; None: all.
+        pad_mode: how the frames after a short crop's audio are filled ("edge" or "zeros", see PlaybackPyramid).
 
     Returns:
         num_playbacks tensors [T0 * (i + 1), F] or [B, T0 * (i + 1), F] on the waveform's device.
     """
-    return _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels)(waveform)
+    pyramid = _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels, pad_mode)
+    return pyramid(waveform, valid_samples)

@@ -53,12 +53,13 @@ class _CentreCropLogMel:
         audio = cfg.AUDIO_DATA
         self.clip_samples = derived.clip_samples(cfg)
         self.kwargs = {"sample_rate": audio.SAMPLING_RATE, "num_playbacks": 1, "frames0": audio.FRAMES0,
-                       "window_ms": audio.WINDOW_LENGTH, "n_fft": audio.N_FFT, "n_mels": audio.NUM_FREQUENCIES}
+                       "window_ms": audio.WINDOW_LENGTH, "n_fft": audio.N_FFT, "n_mels": audio.NUM_FREQUENCIES,
+                       "pad_mode": audio.PAD_MODE}
 
     def __call__(self, segment: Tensor) -> Tensor:
         start = crop_start(segment.shape[0], self.clip_samples, "val", 0, 1, None)
-        crop = torch.from_numpy(crop_or_pad(segment.numpy(), start, self.clip_samples))
-        return playback_pyramid(crop, **self.kwargs)[0]
+        crop, valid = crop_or_pad(segment.numpy(), start, self.clip_samples)
+        return playback_pyramid(torch.from_numpy(crop), **self.kwargs, valid_samples=valid)[0]
 
 
 class _DenseLogMelStatistics:
