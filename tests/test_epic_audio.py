@@ -75,6 +75,27 @@ def test_16khz_file_read_at_24khz_fails_on_the_recordings_that_end_too_early(tmp
     assert len(build_dataset(_cfg(hdf5, lists, "AUDIO_DATA.SAMPLING_RATE", "24000"), "train")) == 7
 
 
+def test_recording_absent_from_the_hdf5_is_left_out_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    """A video id the HDF5 lacks (item 3): its actions are left out at start, counted per split and listed in
+    OUTPUT_DIR/missing_<split>.txt as "uid<TAB>file [video]"; below DATA.MIN_FOUND_FRACTION the run stops."""
+    from playitback.data.build import MissingAudioError
+
+    hdf5, lists = _write(tmp_path, 16000, attribute=True)
+    with h5py.File(hdf5, "a") as handle:
+        del handle["P01_02"]
+    out = tmp_path / "run"
+    out.mkdir()
+    with caplog.at_level("INFO", logger="playitback.data.build"):
+        dataset = build_dataset(_cfg(hdf5, lists), "val", output_dir=out)
+    assert [r.uid for r in dataset.records] == ["P01_01_0", "P01_01_1", "P01_01_2", "P02_01_0", "P02_01_1"]
+    assert dataset.num_listed == 7
+    assert f"val: 5 of 7 clips found under {hdf5} (2 missing, listed in {out / 'missing_val.txt'})" in caplog.text
+    assert (out / "missing_val.txt").read_text().splitlines() == [f"P01_02_{i}\t{hdf5} [P01_02]" for i in range(2)]
+    with pytest.raises(MissingAudioError, match=r"val: only 5 of 7 listed clips .*first absent: .*\[P01_02\]"):
+        build_dataset(_cfg(hdf5, lists, "DATA.MIN_FOUND_FRACTION", "0.8"), "val")
+
+
 def test_short_action_is_edge_padded_like_auditory_slow_fast(tmp_path: Path) -> None:
     """An action of 0.6 s in a 1.999 s crop: every playback equals the log-mel of the action alone (centred STFT,
     librosa) with its last frame repeated (numpy "edge"), in the workers and on the device alike."""
