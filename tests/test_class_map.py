@@ -104,6 +104,19 @@ def test_converter_holds_out_a_stratified_seeded_validation_list(tmp_path: Path)
     assert (tmp_path / "b_val.csv").read_text() == (tmp_path / "a_val.csv").read_text()
 
 
+def test_holdout_leaves_every_class_a_training_clip() -> None:
+    """A class with few clips is never held out whole, whatever the fraction: the train list must still name it, or
+    the run's class map (taken from the train list) would lose it."""
+    from playitback.data.annotations import split_records
+    from playitback.data.records import ClipRecord
+
+    records = [ClipRecord(uid=f"c{k}_{i}", source=f"c{k}_{i}", labels=(k,), label_names=(f"class {k}",))
+               for k, size in enumerate((1, 2, 3, 10)) for i in range(size)]
+    kept, held_out = split_records(records, 0.8, seed=3)
+    assert [sum(r.labels[0] == k for r in kept) for k in range(4)] == [1, 1, 1, 2]
+    assert [sum(r.labels[0] == k for r in held_out) for k in range(4)] == [0, 1, 2, 8]
+
+
 def test_real_vggsound_files_one_map(shared_data: Path) -> None:
     """The original test.csv read alone agrees with test.pkl's ids on 50 of 15,446 clips; with the pickle as the train
     list every clip agrees, and the reverse pairing is refused naming "playing hammond organ" (47 vs 203)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -42,6 +43,34 @@ def test_event_mask_marks_the_frame_where_the_spectrogram_shows_the_event() -> N
         spans = [((click - hop / 4) / rate, (click + hop / 4) / rate)]
         marked = event_frame_mask(spans, 0.0, frames0 * hop / rate, frames0).nonzero().flatten().tolist()
         assert marked == [loudest] == [round(click / hop)]
+
+
+def test_dataset_event_mask_follows_the_rounded_hop(tmp_path: Path) -> None:
+    """With the shipped 1.999 s crop and T0 = 400 the hop rounds to 80 samples, so frame k is centred on sample 80 k,
+    not on k * 1.999 / 400 s (1 ms early at the last frame): an event of 20 samples around the centre of frame 399
+    marks that frame, the one where the dataset's own spectrogram shows a click placed there."""
+    import soundfile as sf
+
+    rate, hop, frame = 16000, 80, 399
+    wave = np.zeros(round(1.999 * rate), dtype=np.float32)
+    wave[frame * hop] = 1.0
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "click.wav", wave, rate)
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text("file,label\nclick.wav,a\n")
+    click_s = frame * hop / rate
+    (tmp_path / "events.csv").write_text(f"uid,event_start_s,event_stop_s\nclick,{click_s - 10 / rate},"
+                                         f"{click_s + 10 / rate}\n")
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml", [
+        "NUM_GPUS", "0", "TRAIN.DATASET", "custom", "TEST.DATASET", "custom", "MODEL.NUM_CLASSES", "2",
+        "CUSTOM.AUDIO_DATA_DIR", str(tmp_path / "audio"), "CUSTOM.ANNOTATIONS_DIR", str(tmp_path),
+        "AUDIO_DATA.CLIP_SECS", "1.999", "AUDIO_DATA.FRAMES0", "400", "DATA.FRONTEND", "workers",
+        "DATA.EVENTS_FILE", str(tmp_path / "events.csv")])
+    item = build_dataset(cfg, "val")[0]
+    assert item["crop_start_s"] == 0.0
+    assert item["event_mask"].nonzero().flatten().tolist() == [frame]
+    assert item["playbacks"][0].exp().sum(dim=1).argmax().item() == frame
 
 
 def test_events_file_rows_and_errors(tmp_path: Path) -> None:

@@ -541,7 +541,8 @@ def records_from_folders(root: str | Path, extensions: Sequence[str] = AUDIO_EXT
 def split_records(records: Sequence[ClipRecord], test_fraction: float, seed: int = 0
                   ) -> tuple[list[ClipRecord], list[ClipRecord]]:
     """A reproducible split, stratified by the first label: about `test_fraction` of every class goes to test (at
-    least one clip of a class with two or more)."""
+    least one clip of a class with two or more, and never the last one: every class keeps a training clip, so the
+    train list still holds every class and fixes its id)."""
     import random
 
     if not 0 < test_fraction < 1:
@@ -554,7 +555,7 @@ def split_records(records: Sequence[ClipRecord], test_fraction: float, seed: int
     for label in sorted(by_class):
         members = list(by_class[label])
         rng.shuffle(members)
-        count = max(1, round(len(members) * test_fraction)) if len(members) > 1 else 0
+        count = min(len(members) - 1, max(1, round(len(members) * test_fraction)))
         test.extend(members[:count])
         train.extend(members[count:])
     return train, test
