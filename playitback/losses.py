@@ -72,31 +72,78 @@ def saliency_loss(pos_logits: Tensor, neg_logits: Tensor, targets: Tensor, class
     return torch.stack(terms).mean()
 
 
+def evidence_loss(evidence_probs: Tensor, targets: Tensor) -> Tensor:
+    """The frame-evidence (MIL) saliency objective, averaged over playbacks: binary cross-entropy of the pooled clip
+    probabilities of every class against the targets (one-hot, soft or multi-hot), as in weakly supervised sound
+    event detection.
+
+    Args:
+        evidence_probs: [S, B, K] clip probabilities in [0, 1] from the MIL pooling.
+        targets: [B, K].
+    """
+    probs = evidence_probs.float().clamp(1e-7, 1 - 1e-7)
+    return F.binary_cross_entropy(probs, targets.unsqueeze(0).expand_as(probs))
+
+
+def saliency_priors(saliency: Tensor, budget: float) -> tuple[Tensor, Tensor]:
+    """Shape priors on the saliency curves, averaged over playbacks and samples.
+
+    Args:
+        saliency: [B, S, T0] in [0, 1].
+        budget: the share of frames the curve should cover.
+
+    Returns:
+        ``(area, contiguity)``: the squared distance of each curve's mean from ``budget``, and its total variation
+        (mean absolute step between neighbouring frames), which is small for few, long runs.
+    """
+    area = (saliency.float().mean(-1) - budget).pow(2).mean()
+    contiguity = saliency.float().diff(dim=-1).abs().mean()
+    return area, contiguity
+
+
 class PlayItBackLoss(nn.Module):
-    """L(fused) + w_aux * sum_i L(playback i) + w_rank * saliency loss; the encoder alone: L(logits).
+    """L(fused) + w_aux * sum_i L(playback i) + w_rank * saliency objective (+ shape priors); the encoder alone:
+    L(logits).
+
+    The saliency objective is the one the model's saliency produced inputs for: the pooling contrast of
+    :func:`saliency_loss` ("pos_logits", "neg_logits") or the MIL objective of :func:`evidence_loss`
+    ("evidence_probs"). With ``area_weight`` or ``contiguity_weight`` the priors of :func:`saliency_priors` on
+    "saliency" are added.
 
     Returns a dict of scalar tensors: "loss" (the total to back-propagate) and every term.
     """
 
     def __init__(self, class_counts: Sequence[int], multi_label: bool, aux_weight: float = 0.1,
-                 rank_weight: float = 0.1, rank_margin: float = 0.05) -> None:
+                 rank_weight: float = 0.1, rank_margin: float = 0.05, area_weight: float = 0.0,
+                 contiguity_weight: float = 0.0, budget: float = 0.0) -> None:
         super().__init__()
         self.class_counts = list(class_counts)
         self.multi_label = multi_label
         self.aux_weight = aux_weight
         self.rank_weight = rank_weight
         self.rank_margin = rank_margin
+        self.area_weight = area_weight
+        self.contiguity_weight = contiguity_weight
+        self.budget = budget
 
     def forward(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-        """outputs: the model's dict ("logits" [B, K], and for PlayItBack "playback_logits", "pos_logits",
-        "neg_logits" [S, B, K]); targets [B, K]."""
+        """outputs: the model's dict ("logits" [B, K], and for PlayItBack "playback_logits" [S, B, K], "saliency"
+        [B, S, T0] and the saliency objective's inputs); targets [B, K]."""
         fused = classification_loss(outputs["logits"], targets, self.class_counts, self.multi_label)
         if "playback_logits" not in outputs:
             return {"loss": fused, "loss_fused": fused}
         aux = torch.stack([
             classification_loss(z, targets, self.class_counts, self.multi_label) for z in outputs["playback_logits"]
         ]).sum()
-        rank = saliency_loss(outputs["pos_logits"], outputs["neg_logits"], targets, self.class_counts,
-                             self.multi_label, self.rank_margin)
+        if "evidence_probs" in outputs:
+            rank = evidence_loss(outputs["evidence_probs"], targets)
+        else:
+            rank = saliency_loss(outputs["pos_logits"], outputs["neg_logits"], targets, self.class_counts,
+                                 self.multi_label, self.rank_margin)
         total = fused + self.aux_weight * aux + self.rank_weight * rank
-        return {"loss": total, "loss_fused": fused, "loss_aux": aux, "loss_saliency": rank}
+        terms = {"loss_fused": fused, "loss_aux": aux, "loss_saliency": rank}
+        if self.area_weight or self.contiguity_weight:
+            area, contiguity = saliency_priors(outputs["saliency"], self.budget)
+            total = total + self.area_weight * area + self.contiguity_weight * contiguity
+            terms.update(loss_area=area, loss_contiguity=contiguity)
+        return {"loss": total, **terms}

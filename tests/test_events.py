@@ -125,7 +125,7 @@ def test_replay_events_replace_the_salient_frames(monkeypatch: pytest.MonkeyPatc
     with torch.no_grad():
         given = model(playbacks, replay_masks=masks)
         model.replay_source = "saliency"
-        monkeypatch.setattr(playitback_module, "saliency_mask", lambda saliency: masks)
+        monkeypatch.setattr(playitback_module, "saliency_mask", lambda saliency, budget=0.0: masks)
         reference = model(playbacks)
     assert torch.equal(given["replay_masks"], masks[:, None])
     assert torch.equal(given["logits"], reference["logits"])

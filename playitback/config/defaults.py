@@ -146,6 +146,24 @@ _C.SALIENCY.RESOLUTION = 0
 # positive minus negative; time is never mixed) or slots (slot 0 minus slot 1, the original's readout). See
 # docs/method.md.
 _C.SALIENCY.READOUT = "attention"
+# What the saliency reads: slots (the 2-slot attention over the encoder's tokens, trained by the pooling contrast of
+# MODEL.RANK_MARGIN) | evidence (a frame-level evidence head on the composite spectrogram's local features, trained by
+# multiple-instance learning on the clip labels). See docs/method.md.
+_C.SALIENCY.METHOD = "slots"
+# MIL pooling of the evidence head over time: linear_softmax | autopool.
+_C.SALIENCY.MIL_POOLING = "linear_softmax"
+# Hidden width of the evidence head's per-frame features.
+_C.SALIENCY.EVIDENCE_DIM = 64
+# Frames (odd) one frame's evidence sees; keep it shorter than the events (a wider field lets the evidence fire next
+# to the event).
+_C.SALIENCY.EVIDENCE_FRAMES = 3
+# Share of each composite's frames to replay: a fixed budget (the most salient frames; a differentiable top-k in the
+# slots objective). 0: the frames above the per-sample mean saliency (the original).
+_C.SALIENCY.BUDGET = 0.0
+# Weight of the area prior (the saliency curve's mean should be SALIENCY.BUDGET).
+_C.SALIENCY.AREA_WEIGHT = 0.0
+# Weight of the contiguity prior (total variation of the saliency curve: few, long runs).
+_C.SALIENCY.CONTIGUITY_WEIGHT = 0.0
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Decoder (TemPr): one cross-attention per playback.

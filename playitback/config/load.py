@@ -250,6 +250,14 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "SOLVER.BASE_LR_SCALE_RULE", cfg.SOLVER.BASE_LR_SCALE_RULE, ("linear", "sqrt"))
     _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
     _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
+    _choice(errors, "SALIENCY.METHOD", cfg.SALIENCY.METHOD, ("slots", "evidence"))
+    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, ("linear_softmax", "autopool"))
+    if cfg.SALIENCY.EVIDENCE_FRAMES < 1 or cfg.SALIENCY.EVIDENCE_FRAMES % 2 == 0:
+        errors.append(f"SALIENCY.EVIDENCE_FRAMES is {cfg.SALIENCY.EVIDENCE_FRAMES}; it must be odd and positive "
+                      "(frames on each side of a frame, plus the frame)")
+    if not 0.0 <= cfg.SALIENCY.BUDGET <= 1.0:
+        errors.append(f"SALIENCY.BUDGET is {cfg.SALIENCY.BUDGET}; it is the share of frames to replay, in [0, 1] "
+                      "(0: the frames above the mean saliency)")
     _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, ("inductor", "aot_eager", "eager", "cudagraphs"))
     _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE,
             ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))

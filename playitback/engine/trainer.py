@@ -119,7 +119,9 @@ def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool
     """The task of a config: loss, on-device front-end, SpecAugment and MixUp (training only), autocast."""
     counts = derived.class_counts(cfg)
     loss_fn = PlayItBackLoss(counts, cfg.DATA.MULTI_LABEL, aux_weight=cfg.MODEL.AUX_LOSS_WEIGHT,
-                             rank_weight=cfg.MODEL.RANK_LOSS_WEIGHT, rank_margin=cfg.MODEL.RANK_MARGIN)
+                             rank_weight=cfg.MODEL.RANK_LOSS_WEIGHT, rank_margin=cfg.MODEL.RANK_MARGIN,
+                             area_weight=cfg.SALIENCY.AREA_WEIGHT, contiguity_weight=cfg.SALIENCY.CONTIGUITY_WEIGHT,
+                             budget=cfg.SALIENCY.BUDGET)
     augment = cfg.SPEC_AUGMENT
     mixup = cfg.MIXUP
     return ClassificationTask(

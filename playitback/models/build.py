@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from playitback.config import derived
 from playitback.models.mvit import MViT
 from playitback.models.playitback import EncoderClassifier, PlayItBack
+from playitback.models.evidence import FrameEvidence
 from playitback.models.saliency import TemporalSaliency
 from playitback.models.tempr import TemPr
 
@@ -80,6 +81,17 @@ def build_decoder(cfg: CfgNode, input_dim: int) -> TemPr:
     )
 
 
+def build_saliency(cfg: CfgNode, token_dim: int) -> TemporalSaliency | FrameEvidence:
+    """One playback's saliency of SALIENCY.*: the slot attention over the encoder tokens, or the frame-evidence head."""
+    sal = cfg.SALIENCY
+    if sal.METHOD == "evidence":
+        return FrameEvidence(cfg.AUDIO_DATA.NUM_FREQUENCIES, derived.class_counts(cfg), width=sal.EVIDENCE_DIM,
+                             pooling=sal.MIL_POOLING, receptive_frames=sal.EVIDENCE_FRAMES)
+    return TemporalSaliency(token_dim=token_dim, frames0=cfg.AUDIO_DATA.FRAMES0,
+                            resolution=derived.saliency_resolution(cfg), num_slots=sal.NUM_SLOTS, iters=sal.ITERS,
+                            readout=sal.READOUT)
+
+
 def build_model(cfg: CfgNode) -> nn.Module:
     """PlayItBack (MODEL.PLAYBACK >= 1) or the encoder alone (PLAYBACK 0 or MODEL.IGNORE_DECODER), on the CPU.
 
@@ -88,18 +100,8 @@ def build_model(cfg: CfgNode) -> nn.Module:
     encoder = build_encoder(cfg)
     if derived.is_encoder_only(cfg):
         return EncoderClassifier(encoder, freeze_backbone=cfg.MODEL.FREEZE_ENCODER)
-    saliency = [
-        TemporalSaliency(
-            token_dim=encoder.num_features,
-            frames0=cfg.AUDIO_DATA.FRAMES0,
-            resolution=derived.saliency_resolution(cfg),
-            num_slots=cfg.SALIENCY.NUM_SLOTS,
-            iters=cfg.SALIENCY.ITERS,
-            readout=cfg.SALIENCY.READOUT,
-        )
-        for _ in range(derived.num_playbacks(cfg))
-    ]
+    saliency = [build_saliency(cfg, encoder.num_features) for _ in range(derived.num_playbacks(cfg))]
     return PlayItBack(encoder, saliency, build_decoder(cfg, encoder.num_features),
                       freeze_encoder=cfg.MODEL.FREEZE_ENCODER,
                       hops=[derived.playback_hop(cfg, i) for i in range(derived.num_playbacks(cfg))],
-                      replay_source=cfg.MODEL.REPLAY)
+                      replay_source=cfg.MODEL.REPLAY, budget=cfg.SALIENCY.BUDGET)

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from playitback.models.mvit import MViT
 from playitback.models.replay import frame_centres, mask_from_frame_times, random_span_mask, replay
-from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask
+from playitback.models.evidence import FrameEvidence
+from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask, selection_weights
 from playitback.models.tempr import TemPr
 
 
@@ -84,11 +85,14 @@ class PlayItBack(nn.Module):
             "events" (the frames given to ``forward`` as ``replay_masks``: the annotated events, an oracle),
             "random" (one span per sample at a random place, as long as the salient frames would be), "none"
             (nothing: every playback re-reads playback 0).
+        budget: share of the frames of each composite to replay (a fixed budget, see
+            :func:`~playitback.models.saliency.saliency_mask`); 0 replays the frames above the mean saliency (the
+            original).
     """
 
-    def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency], decoder: TemPr,
+    def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency | FrameEvidence], decoder: TemPr,
                  freeze_encoder: bool = True, hops: Sequence[int] | None = None,
-                 replay_source: str = "saliency") -> None:
+                 replay_source: str = "saliency", budget: float = 0.0) -> None:
         super().__init__()
         if len(saliency) < 2:
             raise ValueError(f"PlayItBack needs at least 2 playbacks (one saliency module each), got {len(saliency)}; "
@@ -105,8 +109,17 @@ class PlayItBack(nn.Module):
         self.freeze_encoder = freeze_encoder
         self.hops = hops
         self.replay_source = replay_source
+        self.budget = budget
+        self.uses_evidence = isinstance(saliency[0], FrameEvidence)
+        if any(isinstance(module, FrameEvidence) != self.uses_evidence for module in saliency):
+            raise ValueError("PlayItBack: every playback's saliency must be of one kind (TemporalSaliency or "
+                             "FrameEvidence)")
         if freeze_encoder:
             encoder.requires_grad_(False)
+        elif self.uses_evidence:
+            # The frame-evidence objective does not use the encoder's head: keep it fixed rather than unused (DDP
+            # needs every trainable parameter to get a gradient).
+            encoder.head.requires_grad_(False)
 
     @property
     def num_playbacks(self) -> int:
@@ -123,7 +136,7 @@ class PlayItBack(nn.Module):
         """The frames of the composite to replay, bool [B, T0], as `replay_source` says."""
         if self.replay_source == "events":
             return mask_from_frame_times(replay_masks, times, self.hops[0])
-        salient = saliency_mask(saliency)
+        salient = saliency_mask(saliency, self.budget)
         if self.replay_source == "random":
             return random_span_mask(salient.sum(dim=1), salient.shape[1])
         if self.replay_source == "none":
@@ -140,8 +153,9 @@ class PlayItBack(nn.Module):
 
         Returns:
             "logits" [B, K] fused; "playback_logits" [S, B, K]; "features" [B, latent_dim] fused decoder features;
-            "pos_logits", "neg_logits" [S, B, K] encoder-head logits of the saliency-pooled and complement-pooled
-            tokens; "saliency" [B, S, T0] in [0, 1] over the frames of each composite; "replay_masks" bool
+            the saliency objective's inputs: with TemporalSaliency "pos_logits", "neg_logits" [S, B, K] (encoder-head
+            logits of the saliency-pooled and complement-pooled tokens), with FrameEvidence "evidence_probs"
+            [S, B, K] (the MIL clip probabilities); "saliency" [B, S, T0] in [0, 1] over the frames of each composite; "replay_masks" bool
             [B, S - 1, T0], the frames of C_i replayed from playback i + 1; "composites" [B, S, T0, F], the input of
             each playback's encoder pass (C_0 = playback 0); "frame_times" [B, S, T0], the source time of every
             composite frame in frames of playback 0 (frame k of playback j is centred at ``k * hops[j] / hops[0]``).
@@ -155,15 +169,20 @@ class PlayItBack(nn.Module):
         batch, frames0 = composite.shape[:2]
         times = frame_centres(batch, frames0, self.hops[0], composite.device)
         rows = self.encoder.token_rows
-        tokens, saliencies, masks, pos_logits, neg_logits = [], [], [], [], []
+        tokens, saliencies, masks, pos_logits, neg_logits, evidence = [], [], [], [], [], []
         composites, all_times = [composite], [times]
         for i, saliency_module in enumerate(self.saliency_slots):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
                 grid_tokens = _tokens_on_grid(self.encoder, composite)
-            saliency, _ = saliency_module(grid_tokens, rows)
-            positive, negative = saliency_contrast(grid_tokens, saliency, rows)
-            pos_logits.append(self.encoder.forward_head(positive.unsqueeze(1)))
-            neg_logits.append(self.encoder.forward_head(negative.unsqueeze(1)))
+            if self.uses_evidence:
+                saliency, clip_probs = saliency_module(composite)
+                evidence.append(clip_probs)
+            else:
+                saliency, _ = saliency_module(grid_tokens, rows)
+                weights = selection_weights(saliency, self.budget)
+                positive, negative = saliency_contrast(grid_tokens, weights, rows)
+                pos_logits.append(self.encoder.forward_head(positive.unsqueeze(1)))
+                neg_logits.append(self.encoder.forward_head(negative.unsqueeze(1)))
             tokens.append(grid_tokens)
             saliencies.append(saliency)
             if i + 1 < self.num_playbacks:
@@ -173,12 +192,13 @@ class PlayItBack(nn.Module):
                 composites.append(composite)
                 all_times.append(times)
         decoded = self.decoder(tokens)
+        objective = ({"evidence_probs": torch.stack(evidence)} if self.uses_evidence else
+                     {"pos_logits": torch.stack(pos_logits), "neg_logits": torch.stack(neg_logits)})
         return {
             "logits": decoded["logits"],
             "playback_logits": decoded["playback_logits"],
             "features": decoded["features"],
-            "pos_logits": torch.stack(pos_logits),
-            "neg_logits": torch.stack(neg_logits),
+            **objective,
             "saliency": torch.stack(saliencies, dim=1),
             "replay_masks": torch.stack(masks, dim=1),
             "composites": torch.stack(composites, dim=1),

@@ -40,9 +40,11 @@ __all__ = [
     "SoftPositionEmbed",
     "TemporalSaliency",
     "masked_token_pool",
+    "normalise_per_sample",
     "row_frame_weights",
     "saliency_contrast",
     "saliency_mask",
+    "selection_weights",
     "temporal_profile",
 ]
 
@@ -206,7 +208,7 @@ def temporal_profile(tokens: Tensor, frames: int, rows: TokenRows) -> Tensor:
     return torch.einsum("btd,xt->bdx", tokens.mean(dim=2), weights)
 
 
-def _normalise_per_sample(curve: Tensor, eps: float = 1e-12) -> Tensor:
+def normalise_per_sample(curve: Tensor, eps: float = 1e-12) -> Tensor:
     """Min-max normalise each row to [0, 1]; a constant row gives zeros (never NaN).
 
     Args:
@@ -314,23 +316,57 @@ class TemporalSaliency(nn.Module):
             raw = torch.einsum("bn,bnw->bw", attn[:, 0] - attn[:, 1], standardised)  # [B, W]
         raw = raw.unsqueeze(1)
         raw = F.interpolate(raw, size=self.frames0, mode="linear", align_corners=False).squeeze(1)  # [B, T0]
-        return _normalise_per_sample(raw), slots
+        return normalise_per_sample(raw), slots
 
 
-def saliency_mask(saliency: Tensor) -> Tensor:
-    """Salient frames: those above the per-sample mean of the saliency.
+def saliency_mask(saliency: Tensor, budget: float = 0.0) -> Tensor:
+    """The frames a playback replays, from its saliency curve.
 
-    Fallback: a sample whose mask would be empty (a constant curve) replays the whole clip, i.e. its mask becomes all
-    True; a full mask is already all True. The batch size never changes.
+    ``budget`` 0 (the original): the frames above the per-sample mean; a sample whose mask would be empty (a
+    constant curve) replays the whole clip, i.e. its mask becomes all True. ``budget`` in (0, 1]: a fixed budget,
+    the ``max(1, round(budget * T0))`` most salient frames of every sample (the same replayed length for every clip,
+    which is what a fair random-span control needs). The batch size never changes.
 
     Args:
         saliency: [B, T0] in [0, 1].
+        budget: share of the frames to replay, or 0 for the mean threshold.
 
     Returns:
         bool [B, T0].
     """
+    if budget > 0:
+        count = max(1, min(saliency.shape[1], round(budget * saliency.shape[1])))
+        top = saliency.topk(count, dim=1).indices
+        return torch.zeros_like(saliency, dtype=torch.bool).scatter(1, top, True)
     mask = saliency > saliency.mean(dim=1, keepdim=True)
     return mask | ~mask.any(dim=1, keepdim=True)
+
+
+def selection_weights(saliency: Tensor, budget: float = 0.0, temperature: float = 0.05) -> Tensor:
+    """Soft frame weights that the pooling objective trains, matching the hard selection of :func:`saliency_mask`.
+
+    ``budget`` 0: the saliency itself (the original's intent). ``budget`` > 0: a differentiable top-k, a sigmoid of
+    the distance to the threshold halfway between the k-th and the (k+1)-th most salient value (held fixed, so the
+    gradient moves the frames, not the threshold): close to 1 on the selected frames and 0 elsewhere, with
+    ``temperature`` setting how soft the edge is.
+
+    Args:
+        saliency: [B, T0] in [0, 1].
+        budget: as for :func:`saliency_mask`.
+        temperature: width of the sigmoid edge, in saliency units.
+
+    Returns:
+        [B, T0] in [0, 1].
+    """
+    if budget <= 0:
+        return saliency
+    frames = saliency.shape[1]
+    count = max(1, min(frames, round(budget * frames)))
+    if count == frames:
+        return torch.ones_like(saliency)
+    top = saliency.topk(count + 1, dim=1).values  # [B, k + 1], descending
+    threshold = ((top[:, -2] + top[:, -1]) / 2).detach().unsqueeze(1)
+    return torch.sigmoid((saliency - threshold) / temperature)
 
 
 def masked_token_pool(tokens: Tensor, weights: Tensor, rows: TokenRows, eps: float = 1e-6) -> Tensor:
