@@ -3,6 +3,8 @@ the ``torch.compile`` speed-up and a host-synchronisation check.
 
     .venv/bin/python bench/model.py                               # CPU, fp32, demo and small sizes, batch 8
     .venv/bin/python bench/model.py --compile                     # also time torch.compile'd models side by side
+    .venv/bin/python bench/model.py --models X2 --saliency slots slots_budget_priors evidence
+                                                                  # the extra compute of each saliency variant
     .venv/bin/python bench/model.py --device cuda --dtype bf16 --full --batch 64 --compile --sync-debug
                                                                   # the GPU protocol of bench/run_all.py --device cuda
 
@@ -115,9 +117,19 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
     return info
 
 
-def size_configs(size: str, models: list[str], dtype: str = "fp32", on_gpu: bool = False) -> dict[str, CfgNode]:
+# Saliency variants timed side by side with --saliency (the extra compute of each per training step).
+SALIENCY_VARIANTS: dict[str, list[str]] = {
+    "slots": ["SALIENCY.METHOD", "slots", "SALIENCY.BUDGET", "0.0"],
+    "slots_budget_priors": ["SALIENCY.METHOD", "slots", "SALIENCY.BUDGET", "0.15", "SALIENCY.AREA_WEIGHT", "1.0",
+                            "SALIENCY.CONTIGUITY_WEIGHT", "1.0"],
+    "evidence": ["SALIENCY.METHOD", "evidence", "SALIENCY.BUDGET", "0.15"],
+}
+
+
+def size_configs(size: str, models: list[str], dtype: str = "fp32", on_gpu: bool = False,
+                 extra_opts: list[str] | None = None) -> dict[str, CfgNode]:
     """The configs of a size: "encoder" and "X<k>" as asked, training under `dtype` autocast (on a GPU, `on_gpu`,
-    with the front-end on the device as a run there has it)."""
+    with the front-end on the device as a run there has it); `extra_opts` go to the PlayItBack configs."""
     spec = SIZES[size]
     configs = {}
     for name in models:
@@ -129,6 +141,7 @@ def size_configs(size: str, models: list[str], dtype: str = "fp32", on_gpu: bool
             path = spec["playitback"].format(k=replays)
             extra = [] if "{k}" in spec["playitback"] else ["MODEL.PLAYBACK", str(replays),
                                                             "DECODER.DEPTH", str(replays + 1)]
+            extra += extra_opts or []
         configs[name] = load_config(str(REPO / spec["dir"] / path),
                                     ["NUM_GPUS", "1" if on_gpu else "0", *spec["opts"], *extra, *AMP_OPTS[dtype]])
     return configs
@@ -324,6 +337,8 @@ def main() -> None:
                         help="torch.compile mode: default, reduce-overhead, max-autotune, ...")
     parser.add_argument("--sync-debug", action="store_true",
                         help="check one eval and one training step for host synchronisations (CUDA)")
+    parser.add_argument("--saliency", nargs="+", default=None, choices=sorted(SALIENCY_VARIANTS),
+                        help="time every PlayItBack model once per saliency variant (its extra compute per step)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak TFLOP/s of the device for --dtype (default: data sheet of known GPUs) for the MFU")
     args = parser.parse_args()
@@ -342,11 +357,14 @@ def main() -> None:
     info = machine(device)
     peak = args.peak_tflops or (peak_tflops(info["gpu"], args.dtype) if device.type == "cuda" else None)
     results = []
+    variants = {variant: SALIENCY_VARIANTS[variant] for variant in args.saliency} if args.saliency else {None: []}
     for size in sizes:
-        for name, cfg in size_configs(size, args.models, args.dtype, device.type == "cuda").items():
-            timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile,
-                                  args.compile_mode if args.compile else None, args.sync_debug, peak)
-            results.append({"size": size, "model": name, **timing})
+        for variant, opts in variants.items():
+            models = [m for m in args.models if variant is None or m != "encoder"]
+            for name, cfg in size_configs(size, models, args.dtype, device.type == "cuda", opts).items():
+                timing = bench_config(cfg, batch, device, DTYPES[args.dtype], warmup, iters, args.profile,
+                                      args.compile_mode if args.compile else None, args.sync_debug, peak)
+                results.append({"size": size, "model": name, **({"saliency": variant} if variant else {}), **timing})
     print(json.dumps({"bench": "model", "device": str(device), "dtype": args.dtype, "batch": batch,
                       "warmup": warmup, "iters": iters, "peak_tflops": peak, **info, "results": results}))
 

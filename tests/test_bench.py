@@ -114,6 +114,16 @@ def test_model_bench_figures_agree_with_each_other_and_with_fvcore(model_bench: 
                                                             abs=1e-4)
 
 
+def test_model_bench_times_each_saliency_variant() -> None:
+    result = _run_bench("model.py", "--sizes", "demo", "--models", "X1", "--saliency", "slots", "evidence",
+                        "--batch", "2", "--warmup", "0", "--iters", "1", "--threads", "1")
+    slots, evidence = result["results"]
+    assert (slots["saliency"], evidence["saliency"]) == ("slots", "evidence")
+    # The evidence head replaces the slot attention: other parameters, other FLOPs, the same encoder and decoder.
+    assert slots["params_M"] != evidence["params_M"]
+    assert slots["forward_gflops_per_sample"] != evidence["forward_gflops_per_sample"]
+
+
 def test_bench_scripts_refuse_impossible_requests() -> None:
     result = subprocess.run([sys.executable, str(REPO / "bench" / "model.py"), "--sync-debug"], cwd=REPO,
                             capture_output=True, text=True)

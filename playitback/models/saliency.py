@@ -43,6 +43,7 @@ __all__ = [
     "normalise_per_sample",
     "row_frame_weights",
     "saliency_contrast",
+    "budget_frames",
     "saliency_mask",
     "selection_weights",
     "temporal_profile",
@@ -319,6 +320,11 @@ class TemporalSaliency(nn.Module):
         return normalise_per_sample(raw), slots
 
 
+def budget_frames(budget: float, frames: int) -> int:
+    """Frames a fixed budget replays: ``round(budget * frames)``, at least 1 and at most ``frames``."""
+    return max(1, min(int(frames), int(budget * int(frames) + 0.5)))
+
+
 def saliency_mask(saliency: Tensor, budget: float = 0.0) -> Tensor:
     """The frames a playback replays, from its saliency curve.
 
@@ -335,9 +341,8 @@ def saliency_mask(saliency: Tensor, budget: float = 0.0) -> Tensor:
         bool [B, T0].
     """
     if budget > 0:
-        count = max(1, min(saliency.shape[1], round(budget * saliency.shape[1])))
-        top = saliency.topk(count, dim=1).indices
-        return torch.zeros_like(saliency, dtype=torch.bool).scatter(1, top, True)
+        top = saliency.topk(budget_frames(budget, saliency.shape[1]), dim=1).indices
+        return torch.zeros_like(saliency, dtype=torch.bool).scatter(1, top, torch.ones_like(top, dtype=torch.bool))
     mask = saliency > saliency.mean(dim=1, keepdim=True)
     return mask | ~mask.any(dim=1, keepdim=True)
 
@@ -361,7 +366,7 @@ def selection_weights(saliency: Tensor, budget: float = 0.0, temperature: float 
     if budget <= 0:
         return saliency
     frames = saliency.shape[1]
-    count = max(1, min(frames, round(budget * frames)))
+    count = budget_frames(budget, frames)
     if count == frames:
         return torch.ones_like(saliency)
     top = saliency.topk(count + 1, dim=1).values  # [B, k + 1], descending
