@@ -3,6 +3,7 @@
 #   make test-slow   also the slow end-to-end checks
 #   make test-slurm  multi-process jobs: a private SLURM cluster (needs slurm-wlm, munge, root) and torchrun restarts
 #   make demo        demo data -> encoder pretraining -> PlayItBack -> evaluation -> figures (CPU, minutes)
+#                    make demo SEEDS=3 CONTROLS=1: 3 seeds, with the oracle, random and no-replay controls
 #   make bench       the benchmarks, printing JSON lines
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,6 +14,8 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DATA ?= demo_data
 DEMO_RUNS ?= demo_runs
+SEEDS ?= 1
+CONTROLS ?=
 
 .PHONY: setup test test-slow test-slurm demo bench clean
 
@@ -41,7 +44,7 @@ test-slurm: setup
 	$(PY) -m pytest -v -m slurm --durations=0 tests/slurm
 
 demo: setup
-	$(PY) tools/demo.py --data $(DEMO_DATA) --runs $(DEMO_RUNS) --figs figs
+	$(PY) tools/demo.py --data $(DEMO_DATA) --runs $(DEMO_RUNS) --figs figs --seeds $(SEEDS) $(if $(CONTROLS),--controls)
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -87,6 +87,14 @@ def test_evidence_head_learns_where_the_event_is() -> None:
     assert (clip.argmax(1) == labels).float().mean() > 0.8
 
 
+def test_every_class_starts_at_its_task_prior() -> None:
+    head = FrameEvidence(num_bins=32, num_classes=[4, 10], width=8)
+    with torch.no_grad():
+        head.classify.weight.zero_()  # the frame scores are then the initial biases alone
+    _, clip = head(torch.randn(2, 6, 32))
+    assert torch.allclose(clip, torch.tensor([0.25] * 4 + [0.1] * 10).expand(2, -1), atol=1e-6)
+
+
 def test_every_evidence_parameter_gets_a_gradient() -> None:
     torch.manual_seed(0)
     head = FrameEvidence(num_bins=32, num_classes=[3, 4], width=8, pooling="autopool")

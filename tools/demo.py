@@ -58,8 +58,9 @@ def run_seed(seed: int, args: argparse.Namespace, common: list[str], events_csv:
     encoder_dir = runs / "encoder"
     run(["--cfg", "configs/Demo/MViT_pretrain.yaml", *seeded, "OUTPUT_DIR", str(encoder_dir),
          "SOLVER.MAX_EPOCH", str(args.pretrain_epochs)])
-    stage2 = [*seeded, "TRAIN.CHECKPOINT_FILE_PATH", str(encoder_dir / "checkpoints" / "checkpoint_best.pyth"),
-              "SOLVER.MAX_EPOCH", str(args.epochs)]
+    # The demo validates on its test list, so checkpoints are taken at the last epoch, never selected on it.
+    encoder_checkpoint = encoder_dir / "checkpoints" / f"checkpoint_epoch_{args.pretrain_epochs:05d}.pyth"
+    stage2 = [*seeded, "TRAIN.CHECKPOINT_FILE_PATH", str(encoder_checkpoint), "SOLVER.MAX_EPOCH", str(args.epochs)]
     test = ["TRAIN.ENABLE", "False", "TEST.ENABLE", "True", "TEST.CHECKPOINT_SELECT", "last"]
     baseline_dir = runs / "encoder_only"
     run(["--cfg", "configs/Demo/MViT_pretrain.yaml", *stage2, "TRAIN.CHECKPOINT_EPOCH_RESET", "True",
@@ -109,7 +110,8 @@ def main() -> int:
     first = Path(per_seed[0]["playitback"]["output_dir"])
     plotted = subprocess.run(
         [sys.executable, str(REPO / "tools" / "plot_segments.py"), "--cfg", "configs/Demo/PlayItBackX2.yaml",
-         "--checkpoint", str(first / "checkpoints" / "checkpoint_best.pyth"), "--events", str(events_csv),
+         "--checkpoint", str(first / "checkpoints" / f"checkpoint_epoch_{args.epochs:05d}.pyth"),
+         "--events", str(events_csv),
          "--out", str(args.figs), "--num-clips", str(args.num_figures), *common],
         check=True, cwd=REPO, capture_output=True, text=True,
     )

@@ -15,6 +15,7 @@ Shape legend: B batch, T0 frames, F mel bins, K classes (tasks concatenated), C 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -88,6 +89,12 @@ class FrameEvidence(nn.Module):
         self.features = nn.Sequential(*layers)
         self.project = nn.Linear(channels[-1] * (num_bins // 16), width)
         self.classify = nn.Linear(width, total)
+        # Every class starts at probability 1/K of its task (the prior trick of focal loss, Lin et al. 2017): from
+        # probability 0.5 the frame scores would first all be pushed down together, a plateau that cost about 100
+        # steps on the demo data (loss at the prior's 0.377 for steps 0-100, against 50 steps to reach 0.21 with it).
+        with torch.no_grad():
+            self.classify.bias.copy_(torch.cat([torch.full((int(k),), -math.log(max(int(k) - 1, 1)))
+                                                for k in num_classes]))
         self.alpha = nn.Parameter(torch.ones(total)) if pooling == "autopool" else None
 
     def forward(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
