@@ -110,8 +110,9 @@ def test_model_bench_figures_agree_with_each_other_and_with_fvcore(model_bench: 
         assert row["forward_samples_per_s"] == pytest.approx(2 / (row["forward_ms"] / 1e3), rel=1e-2)
         achieved = row["forward_gflops_per_sample"] * row["forward_samples_per_s"] / 1e3
         assert row["forward_tflops_per_s"] == pytest.approx(achieved, rel=1e-2, abs=1e-4)
+        # Both figures are rounded to 4 decimals: the ratio over a 0.5 peak carries 2e-4 of the rounding.
         assert row["forward_backward_mfu"] == pytest.approx(row["forward_backward_tflops_per_s"] / 0.5, rel=1e-2,
-                                                            abs=1e-4)
+                                                            abs=3e-4)
 
 
 def test_model_bench_times_each_saliency_variant() -> None:
@@ -142,7 +143,7 @@ def test_train_bench_runs_the_real_loop_with_a_loader(train_bench: dict) -> None
     assert 0 <= row["data_wait_fraction"] < 1
     assert row["loader_over_preloaded"] == pytest.approx(row["loader_samples_per_s"] / row["preloaded_samples_per_s"],
                                                          rel=1e-2)
-    assert row["loader_mfu"] == pytest.approx(row["loader_tflops_per_s"] / 0.5, rel=1e-2, abs=1e-4)
+    assert row["loader_mfu"] == pytest.approx(row["loader_tflops_per_s"] / 0.5, rel=1e-2, abs=3e-4)
     assert row["loader_peak_rss_total_GB"] > 0
 
 
