@@ -307,7 +307,7 @@ def test_playitback_composites_show_their_frame_times(replays: int, replay_sourc
         # As long as the salient frames would be, at a random place.
         from playitback.models.saliency import saliency_mask
 
-        assert torch.equal(masks.sum(-1), saliency_mask(out["saliency"][:, :replays].flatten(0, 1)).sum(-1)
+        assert torch.equal(masks.sum(-1), saliency_mask(out["saliency"][:, :replays].flatten(0, 1), model.budget).sum(-1)
                            .view(batch, replays))
 
 
