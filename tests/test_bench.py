@@ -104,8 +104,8 @@ def test_model_bench_figures_agree_with_each_other_and_with_fvcore(model_bench: 
     assert encoder["forward_gflops_per_sample"] == pytest.approx(2 * macs / 1e9, abs=1e-3)
     assert encoder["train_step_gflops_per_sample"] == pytest.approx(3 * encoder["forward_gflops_per_sample"],
                                                                      abs=2e-3)  # trained end to end
-    # PlayItBack's frozen encoder has no backward: far less than 3x its forward.
-    assert x1["forward_gflops_per_sample"] < x1["train_step_gflops_per_sample"] < 2 * x1["forward_gflops_per_sample"]
+    # The demo PlayItBack fine-tunes its encoder (only the encoder's head, a few kFLOPs, is frozen): 3x its forward.
+    assert x1["train_step_gflops_per_sample"] == pytest.approx(3 * x1["forward_gflops_per_sample"], abs=3e-3)
     for row in (encoder, x1):
         assert row["forward_samples_per_s"] == pytest.approx(2 / (row["forward_ms"] / 1e3), rel=1e-2)
         achieved = row["forward_gflops_per_sample"] * row["forward_samples_per_s"] / 1e3
