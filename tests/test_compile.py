@@ -69,15 +69,19 @@ def test_playitback_eval_forward_compiles_and_matches_eager() -> None:
         assert_outputs_equal(compiled(playbacks), model(playbacks))
 
 
-@pytest.mark.parametrize(("freeze_encoder", "backend"), [
-    (True, "eager"),
-    pytest.param(True, "aot_eager", marks=pytest.mark.slow),
-    pytest.param(False, "aot_eager", marks=pytest.mark.slow),
-], ids=["frozen_encoder-eager", "frozen_encoder-aot_eager", "trained_encoder-aot_eager"])
-def test_playitback_train_forward_and_backward_compile_and_match_eager(freeze_encoder: bool, backend: str) -> None:
-    """Train mode: the saliency's reparameterised slot noise, drop path and dropout are inside the graph, and the
-    backward (AOT autograd) gives the eager gradients."""
-    model, playbacks = tiny_model("PlayItBackX2.yaml", ("MODEL.FREEZE_ENCODER", str(freeze_encoder)))
+@pytest.mark.parametrize(("saliency", "freeze_encoder", "backend"), [
+    ("slots", True, "eager"),
+    ("evidence", False, "eager"),
+    pytest.param("slots", True, "aot_eager", marks=pytest.mark.slow),
+    pytest.param("evidence", False, "aot_eager", marks=pytest.mark.slow),
+], ids=["slots-frozen_encoder-eager", "evidence-trained_encoder-eager", "slots-frozen_encoder-aot_eager",
+        "evidence-trained_encoder-aot_eager"])
+def test_playitback_train_forward_and_backward_compile_and_match_eager(saliency: str, freeze_encoder: bool,
+                                                                       backend: str) -> None:
+    """Train mode: the saliency's reparameterised slot noise (or the evidence head's top-k), drop path and dropout are
+    inside the graph, and the backward (AOT autograd) gives the eager gradients."""
+    model, playbacks = tiny_model("PlayItBackX2.yaml", ("SALIENCY.METHOD", saliency,
+                                                        "MODEL.FREEZE_ENCODER", str(freeze_encoder)))
     model.train()
     compiled = compile_fullgraph(model, backend)
     compiled_out = run_seeded(compiled, playbacks)
@@ -86,7 +90,9 @@ def test_playitback_train_forward_and_backward_compile_and_match_eager(freeze_en
 
     def gradients(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         model.zero_grad(set_to_none=True)
-        (outputs["logits"].square().mean() + outputs["pos_logits"].mean() - outputs["neg_logits"].mean()).backward()
+        objective = (outputs["evidence_probs"].mean() if "evidence_probs" in outputs else
+                     outputs["pos_logits"].mean() - outputs["neg_logits"].mean())
+        (outputs["logits"].square().mean() + objective).backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     compiled_grads = gradients(compiled_out)

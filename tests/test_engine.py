@@ -249,7 +249,8 @@ def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
 
     from engine_utils import REPO, TINY_MODEL
 
-    model = build_model(load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL])).train()
+    model = build_model(load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL, "MODEL.FREEZE_ENCODER", "True"])
+                        ).train()
     assert not model.encoder.training and all(not m.training for m in model.encoder.modules())
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert model.decoder.training and all(m.training for m in model.saliency_slots.modules())

@@ -21,13 +21,15 @@ sys.path.insert(0, str(REPO / "tools"))
 import model_info  # noqa: E402
 
 CFG = str(REPO / "configs" / "Demo" / "PlayItBackX2.yaml")
+# The slot saliency on a frozen encoder: its encoder-head calls and trainable counts can be counted by hand.
+SLOT_RECIPE = [*TINY_MODEL, "SALIENCY.METHOD", "slots", "SALIENCY.BUDGET", "0.0", "MODEL.FREEZE_ENCODER", "True"]
 
 
 @pytest.fixture(scope="module")
 def tiny_info() -> dict:
-    """model_info of the tiny PlayItBackX2 (3 playbacks, frozen encoder) for a batch of 2."""
+    """model_info of the tiny PlayItBackX2 (3 playbacks, slot saliency, frozen encoder) for a batch of 2."""
     torch.manual_seed(0)
-    return model_info.model_info(load_config(CFG, TINY_MODEL), batch=2)
+    return model_info.model_info(load_config(CFG, SLOT_RECIPE), batch=2)
 
 
 def test_linear_flops_are_the_hand_computed_multiply_adds() -> None:
@@ -52,7 +54,7 @@ def test_attention_flops_count_both_matrix_products() -> None:
 
 
 def test_parameter_counts_match_the_model(tiny_info: dict) -> None:
-    model = build_model(load_config(CFG, TINY_MODEL))
+    model = build_model(load_config(CFG, SLOT_RECIPE))
     params = tiny_info["params"]
     assert params["total"]["total"] == sum(p.numel() for p in model.parameters())
     assert params["total"]["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -72,7 +74,7 @@ def test_stage_flops_add_up_and_the_head_matches_a_hand_count(tiny_info: dict) -
     """The encoder head is a Linear called on the positive and the negative pooled tokens of every playback, so its
     FLOPs are 2 * S * B * D * K; the encoder module's FLOPs are S feature passes plus those head calls; the stages sum
     to the total."""
-    cfg = load_config(CFG, TINY_MODEL)
+    cfg = load_config(CFG, SLOT_RECIPE)
     playbacks, batch = 3, 2
     width, classes = derived.encoder_width(cfg), cfg.MODEL.NUM_CLASSES
     head_calls = 2 * playbacks * batch * width * classes
