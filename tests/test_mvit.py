@@ -5,7 +5,6 @@ import dataclasses
 import math
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,8 @@ from playitback.models.mvit import (
 )
 from playitback.models.weights import remap_state_dict
 
-ORIGINAL_KEYS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original_state_dict_keys.txt"
+from original_keys import MODELS, original_keys
+
 
 # The encoder settings of the original configs (ORIGINAL.md 1.4), written out by hand.
 ORIGINAL_B = dict(
@@ -54,19 +54,9 @@ def tiny_mvit(**overrides) -> MViT:
 
 
 @pytest.fixture(scope="module")
-def original_keys() -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{model: {encoder key without the prefix: shape}}`` from the original key list, or skip when it is absent."""
-    if not ORIGINAL_KEYS.is_file():
-        pytest.skip(f"original key list {ORIGINAL_KEYS} is absent (it lives next to a developer's checkout)")
-    sections: dict[str, dict[str, tuple[int, ...]]] = {}
-    current = None
-    for line in ORIGINAL_KEYS.read_text().splitlines():
-        if line.startswith("## "):
-            current = sections.setdefault(line[3:].strip(), {})
-        elif current is not None and line.startswith("encoder."):
-            key, shape = line.split(" ", 1)
-            current[key[len("encoder."):]] = tuple(int(n) for n in re.findall(r"\d+", shape))
-    return sections
+def original_encoder_keys() -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{model: {encoder key without the prefix: shape}}`` from the original key list."""
+    return {name: original_keys(name, "encoder.") for name in MODELS}
 
 
 # --- slow reference: one block computed token by token from its parameters ---------------------------------------
@@ -331,24 +321,24 @@ def test_original_b_structure_and_grids() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ORIGINAL_MODELS))
-def test_state_dict_matches_original_keys(original_keys, name) -> None:
+def test_state_dict_matches_original_keys(original_encoder_keys, name) -> None:
     config, num_classes = ORIGINAL_MODELS[name]
     with torch.device("meta"):
         model = MViT(num_classes=num_classes, **config)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert ours == original_keys[name]
-    assert list(ours) == list(original_keys[name])  # same order, too
+    assert ours == original_encoder_keys[name]
+    assert list(ours) == list(original_encoder_keys[name])  # same order, too
 
 
-def test_original_checkpoint_layout_loads_fully_into_an_encoder(original_keys) -> None:
+def test_original_checkpoint_layout_loads_fully_into_an_encoder(original_encoder_keys) -> None:
     """An original PlayItBack state dict (encoder.*) and a bare MViT one both land on every encoder tensor."""
     with torch.device("meta"):
         wrapper = nn.Module()
         wrapper.encoder = MViT(num_classes=[309], **ORIGINAL_B)
         target = wrapper.state_dict()
         for source in (
-            {"encoder." + k: torch.empty(shape) for k, shape in original_keys["VGG-Sound/PlayItBackX2"].items()},
-            {k: torch.empty(shape) for k, shape in original_keys["VGG-Sound/PlayItBackX2"].items()},
+            {"encoder." + k: torch.empty(shape) for k, shape in original_encoder_keys["VGG-Sound/PlayItBackX2"].items()},
+            {k: torch.empty(shape) for k, shape in original_encoder_keys["VGG-Sound/PlayItBackX2"].items()},
         ):
             mapped, report = remap_state_dict(source, target)
             assert sorted(mapped) == sorted(target) and not report.missing and not report.unexpected

@@ -1,8 +1,6 @@
 """Temporal saliency: slot attention against a slow reference, trainability, determinism, pooling by hand."""
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +17,8 @@ from playitback.models.saliency import (
     temporal_profile,
 )
 
-ORIGINAL_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_keys.txt"
+from original_keys import MODELS, original_keys
+
 
 # Tiny sizes keep every test well under a second: D token width, T0 frames, W slot resolution, grid T'' x F''.
 D, T0, W, T_TOK, F_TOK = 16, 40, 24, 5, 3
@@ -227,17 +226,8 @@ def test_bad_token_layout_names_the_fix() -> None:
 
 
 def original_saliency_entry() -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of `saliency_slots.0.*` in the first model listed in the original's reference file."""
-    if not ORIGINAL_KEYS.is_file():
-        pytest.skip(f"original state-dict reference {ORIGINAL_KEYS} is absent (only in a developer checkout)")
-    sections = ORIGINAL_KEYS.read_text().split("\n## ")[1:]
-    prefix = "saliency_slots.0."
-    entry = {}
-    for line in sections[0].splitlines():
-        if line.startswith(prefix):
-            key, shape = line.split(" ", 1)
-            entry[key[len(prefix) :]] = tuple(ast.literal_eval(shape))
-    return entry
+    """Keys and shapes of `saliency_slots.0.*` in the first model of the original key list."""
+    return original_keys(MODELS[0], "saliency_slots.0.")
 
 
 def test_state_dict_matches_the_original() -> None:

@@ -1,5 +1,5 @@
 """The whole model's state-dict keys and shapes equal those of the original PlayItBack checkpoints (so they load),
-checked against shared/reference/original_state_dict_keys.txt."""
+checked against tests/fixtures/original_state_dict_keys.txt."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,26 +11,14 @@ from playitback.config import load_config
 from playitback.models import build_model
 from playitback.models.weights import remap_state_dict
 
+from original_keys import MODELS, original_keys
+
 REPO = Path(__file__).resolve().parents[1]
-KEY_FILE = REPO.parent / "shared" / "reference" / "original_state_dict_keys.txt"
 # The original kept a LayerNorm named `norm` that it never used; it is not part of this model.
 DEAD_KEYS = {"norm.weight", "norm.bias"}
 
 
-def original_keys(model_name: str) -> dict[str, tuple[int, ...]]:
-    if not KEY_FILE.is_file():
-        pytest.skip(f"{KEY_FILE} is absent (reference material of the developers' checkout)")
-    sections = KEY_FILE.read_text().split("\n## ")
-    block = next(s for s in sections if s.startswith(model_name + "\n"))
-    keys = {}
-    for line in block.splitlines()[1:]:
-        if line.strip():
-            name, shape = line.split(" ", 1)
-            keys[name] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
-    return keys
-
-
-@pytest.mark.parametrize("model_name", ["VGG-Sound/PlayItBackX2", "VGG-Sound/PlayItBackX1_S", "EPIC-KITCHENS/PlayItBackX2"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_keys_and_shapes_equal_the_original(model_name: str) -> None:
     reference = original_keys(model_name)
     cfg = load_config(REPO / "configs" / f"{model_name}.yaml", ["NUM_GPUS", "0"])

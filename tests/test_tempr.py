@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from playitback.models.tempr import FUSION_LOCATIONS, FUSIONS, TemPr, fourier_position_encoding, softmax_fp32
 
-KEY_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_keys.txt"
+from original_keys import MODELS, original_keys
+
 D = 8  # token width of the tiny decoders
 
 
@@ -247,18 +246,6 @@ def test_torch_compile_fullgraph_and_export() -> None:
     torch.testing.assert_close(exported.module()(toks)["logits"], ref["logits"])
 
 
-def _original_decoder_keys(model_name: str) -> dict[str, tuple[int, ...]]:
-    keys: dict[str, tuple[int, ...]] = {}
-    section = None
-    for line in KEY_FILE.read_text().splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        elif section == model_name and line.startswith("decoder."):
-            name, shape = line.split(" ", 1)
-            keys[name.removeprefix("decoder.")] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return keys
-
-
 @pytest.mark.parametrize(
     ("model_name", "num_playbacks", "num_classes"),
     [
@@ -268,10 +255,7 @@ def _original_decoder_keys(model_name: str) -> dict[str, tuple[int, ...]]:
     ],
 )
 def test_state_dict_matches_original(model_name: str, num_playbacks: int, num_classes: tuple[int, ...]) -> None:
-    if not KEY_FILE.is_file():
-        pytest.skip(f"reference key file {KEY_FILE} is absent (it is not shipped with the package)")
-    expected = _original_decoder_keys(model_name)
-    assert expected, f"no decoder keys for {model_name} in {KEY_FILE}"
+    expected = original_keys(model_name, "decoder.")
     with torch.device("meta"):
         model = TemPr(num_playbacks=num_playbacks, input_dim=768, num_classes=num_classes)
     got = {name: tuple(t.shape) for name, t in model.state_dict().items()}
