@@ -6,7 +6,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,33 +15,56 @@ from playitback.data.annotations import AnnotationError, read_annotations
 
 from playitback.engine import checkpoint as ckpt
 
+# Writes a checkpoint and stalls at a chosen point of the write, so that the kill provably lands there: "half" after
+# half of the serialised bytes reached the temporary file, "unrenamed" when the file is complete but not yet renamed.
 WRITER = """
-import sys, torch
+import io, os, sys, time, torch
 from playitback.engine.checkpoint import save_checkpoint
-print("writing", flush=True)
-save_checkpoint(sys.argv[1], {"epoch": 1, "model_state": {"w": torch.ones(64, 1024, 1024)}})
-print("done", flush=True)
+
+def stall():
+    print("stalled", flush=True)
+    time.sleep(600)
+
+real_save, real_fsync = torch.save, os.fsync
+def save_half(obj, handle):
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    handle.flush()
+    stall()
+def fsync_then_stall(fd):
+    real_fsync(fd)
+    stall()
+
+if sys.argv[2] == "half":
+    torch.save = save_half
+else:
+    os.fsync = fsync_then_stall
+save_checkpoint(sys.argv[1], {"epoch": 1, "model_state": {"w": torch.ones(1024, 1024)}})
 """
 
 
-def test_kill9_during_checkpoint_write_never_leaves_a_half_written_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["half", "unrenamed"])
+def test_kill9_during_checkpoint_write_never_leaves_a_half_written_file(tmp_path: Path, stage: str) -> None:
     path = ckpt.checkpoint_path(tmp_path, 2)
     ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 1), {"epoch": 0, "model_state": {"w": torch.zeros(3)}})
-    for delay in (0.3, 0.8, 1.5):
-        process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline().strip() == "writing"
-        time.sleep(delay)
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), stage], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "stalled"
+        # The kill lands mid-write: the bytes are in a temporary file and the final path does not exist yet.
+        (temporary,) = path.parent.glob(f".{path.name}.*.tmp")
+        full_size = 4 * 1024 * 1024
+        assert (temporary.stat().st_size < full_size) if stage == "half" else temporary.stat().st_size > full_size
+        assert not path.exists()
+    finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-        # The final path holds nothing or a complete checkpoint; temporaries are never taken for checkpoints.
-        if path.exists():
-            assert ckpt.load_checkpoint_file(path)["model_state"]["w"].shape == (64, 1024, 1024)
-            path.unlink()
-        assert [epoch for epoch, _ in ckpt.list_epoch_checkpoints(tmp_path)] == [1]
-        found = ckpt.latest_valid_checkpoint(tmp_path)
-        assert found is not None and found[1]["epoch"] == 0
-    for leftover in tmp_path.glob("checkpoints/.*.tmp"):
-        leftover.unlink()
+    assert process.returncode == -signal.SIGKILL
+    # Temporaries are never taken for checkpoints: the last complete one is what resumes.
+    assert not path.exists()
+    assert [epoch for epoch, _ in ckpt.list_epoch_checkpoints(tmp_path)] == [1]
+    found = ckpt.latest_valid_checkpoint(tmp_path)
+    assert found is not None and found[1]["epoch"] == 0
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path,
