@@ -1,12 +1,14 @@
 """Every shipped config loads, validates and runs (forward, loss, backward) at a tiny size; config errors are clear."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from playitback.config import ConfigError, derived, load_config
+from playitback.config.defaults import get_cfg
 from playitback.losses import PlayItBackLoss, labels_to_targets
 from playitback.models import EncoderClassifier, PlayItBack, build_model
 
@@ -171,3 +173,9 @@ def test_config_reference_page_is_up_to_date() -> None:
     assert (REPO / "docs" / "config.md").read_text() == config_reference(), (
         "docs/config.md is stale: run `python -m playitback.config.doc > docs/config.md`"
     )
+
+
+def test_config_reference_gives_every_key_a_meaning() -> None:
+    rows = dict(re.findall(r"^\| `([A-Z0-9_.]+)` \| `.*` \| (.*) \|$", (REPO / "docs" / "config.md").read_text(), re.M))
+    assert set(rows) >= set(_flat(get_cfg()))
+    assert not [key for key, meaning in rows.items() if not meaning.strip()]

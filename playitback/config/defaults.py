@@ -46,6 +46,7 @@ _C.TRAIN.MAX_ITERS_PER_EPOCH = 0
 # (relative) of its chance level (the loss of predicting the class prior, ln K for K balanced classes) at or after
 # epoch NOT_LEARNING_EPOCHS; 0 turns the check off.
 _C.TRAIN.NOT_LEARNING_EPOCHS = 3
+# Relative distance from the chance-level loss within which the run counts as not learning.
 _C.TRAIN.NOT_LEARNING_MARGIN = 0.05
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -99,6 +100,7 @@ _C.MODEL.MODEL_NAME = "PlayItBackX2"
 _C.MODEL.NUM_CLASSES = 400
 # Several heads (EPIC-KITCHENS verb and noun); their class counts are MULTITASK_CLASSES.
 _C.MODEL.MULTITASK = False
+# Class counts of the heads of a multitask model, in order (EPIC-KITCHENS: verbs, nouns).
 _C.MODEL.MULTITASK_CLASSES = [97, 300]
 # cross_entropy | soft_cross_entropy | bce_logit (multi-label).
 _C.MODEL.LOSS_FUNC = "soft_cross_entropy"
@@ -177,14 +179,19 @@ _C.DECODER.MAX_FREQ = 10.0
 _C.DECODER.INPUT_CHANNELS = 768
 # Latent array: NUM_LATENTS x LATENT_DIM.
 _C.DECODER.NUM_LATENTS = 256
+# Width of each latent.
 _C.DECODER.LATENT_DIM = 512
 # Heads and head widths of the cross- and self-attention.
 _C.DECODER.CROSS_HEADS = 1
+# Heads of the latent self-attention.
 _C.DECODER.LATENT_HEADS = 8
+# Width of each cross-attention head.
 _C.DECODER.CROSS_DIM_HEAD = 64
+# Width of each self-attention head.
 _C.DECODER.LATENT_DIM_HEAD = 64
 # Dropout inside the decoder attention and feed-forward blocks.
 _C.DECODER.ATTN_DROPOUT = 0.0
+# Dropout inside the decoder feed-forward blocks.
 _C.DECODER.FF_DROPOUT = 0.0
 # Share the modules of decoder layers 1, 2, ... (layer 0 keeps its own).
 _C.DECODER.WEIGHT_TIE_LAYERS = False
@@ -213,10 +220,13 @@ _C.ENCODER.POOL_FIRST = False
 _C.ENCODER.CLS_EMBED_ON = False
 # Patch embedding convolution (time, frequency).
 _C.ENCODER.PATCH_KERNEL = [7, 7]
+# Stride of the patch embedding (time, frequency).
 _C.ENCODER.PATCH_STRIDE = [4, 4]
+# Zero padding of the patch embedding (time, frequency).
 _C.ENCODER.PATCH_PADDING = [3, 3]
 # Width and heads of the first block.
 _C.ENCODER.EMBED_DIM = 96
+# Attention heads of the first block (HEAD_MUL multiplies them).
 _C.ENCODER.NUM_HEADS = 1
 # MLP hidden width over the token width.
 _C.ENCODER.MLP_RATIO = 4.0
@@ -228,10 +238,13 @@ _C.ENCODER.DROPPATH_RATE = 0.1
 _C.ENCODER.DEPTH = 16
 # [[block, multiplier], ...]
 _C.ENCODER.DIM_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
+# [[block, multiplier], ...]: the heads are multiplied at these blocks.
 _C.ENCODER.HEAD_MUL = [[1, 2.0], [3, 2.0], [14, 2.0]]
 # [[block, stride_t, stride_f], ...]; empty with POOL_KV_STRIDE_ADAPTIVE set derives them.
 _C.ENCODER.POOL_KV_STRIDE = []
+# K/V pooling stride (time, frequency) of the first block, divided by each Q stride after it.
 _C.ENCODER.POOL_KV_STRIDE_ADAPTIVE = [4, 4]
+# [[block, stride_t, stride_f], ...]: Q pooling strides, which shrink the token grid at those blocks.
 _C.ENCODER.POOL_Q_STRIDE = [[i, 2, 2] if i in (1, 3, 14) else [i, 1, 1] for i in range(16)]
 # Kernel of the Q/K/V pooling.
 _C.ENCODER.POOL_KVQ_KERNEL = (3, 3)
@@ -292,6 +305,7 @@ _C.AUDIO_DATA.FRAMES0 = 400
 # The encoder standardises every log-mel it reads: (x - NORM_MEAN) / NORM_STD, with the mean and standard deviation of
 # the training set's playback-0 log-mels (tools/input_stats.py prints them). 0 and 1 leave the input as it is.
 _C.AUDIO_DATA.NORM_MEAN = 0.0
+# Standard deviation that divides every log-mel value (after NORM_MEAN is subtracted).
 _C.AUDIO_DATA.NORM_STD = 1.0
 # Frames after the end of a segment shorter than the crop: edge (repeat the last frame, as auditory-slow-fast's EPIC
 # loader and the original's short-audio path) | zeros (the log-mel of silence, ln(1e-6) in every band).
@@ -300,10 +314,15 @@ _C.AUDIO_DATA.PAD_MODE = "edge"
 _C.SPEC_AUGMENT = CfgNode()
 # SpecAugment in training (per playback): time warp, frequency masks, time masks, in frames and bins.
 _C.SPEC_AUGMENT.ENABLE = True
+# Largest time-warp shift, in frames (0: no warp).
 _C.SPEC_AUGMENT.TIME_WARP = 5
+# Widest frequency mask, in mel bins.
 _C.SPEC_AUGMENT.FREQ_MASK = 27
+# Frequency masks per spectrogram.
 _C.SPEC_AUGMENT.NUM_FREQ_MASKS = 2
+# Widest time mask, in frames.
 _C.SPEC_AUGMENT.TIME_MASK = 25
+# Time masks per spectrogram.
 _C.SPEC_AUGMENT.NUM_TIME_MASKS = 2
 
 _C.DATA_LOADER = CfgNode()
@@ -329,8 +348,11 @@ _C.EPICKITCHENS.AUDIO_DATA_FILE = ""
 _C.EPICKITCHENS.AUDIO_SAMPLE_RATE = 0
 # Folder of the annotation lists below.
 _C.EPICKITCHENS.ANNOTATIONS_DIR = ""
+# Training annotations (.csv or the original .pkl) in ANNOTATIONS_DIR.
 _C.EPICKITCHENS.TRAIN_LIST = "EPIC_100_train.csv"
+# Validation annotations in ANNOTATIONS_DIR.
 _C.EPICKITCHENS.VAL_LIST = "EPIC_100_validation.csv"
+# Test annotations in ANNOTATIONS_DIR.
 _C.EPICKITCHENS.TEST_LIST = "EPIC_100_validation.csv"
 # Train on the train and validation lists together.
 _C.EPICKITCHENS.TRAIN_PLUS_VAL = False
@@ -340,10 +362,15 @@ _C.EPICKITCHENS.TEST_SPLIT = "validation"
 _C.VGGSOUND = CfgNode()
 # Audio root: <AUDIO_DATA_DIR>/<class name>/<clip><AUDIO_EXT>.
 _C.VGGSOUND.AUDIO_DATA_DIR = ""
+# Folder of the annotation lists below.
 _C.VGGSOUND.ANNOTATIONS_DIR = ""
+# Extension of the audio files.
 _C.VGGSOUND.AUDIO_EXT = ".wav"
+# Training annotations (.csv or the original .pkl) in ANNOTATIONS_DIR.
 _C.VGGSOUND.TRAIN_LIST = "train.csv"
+# Validation annotations in ANNOTATIONS_DIR.
 _C.VGGSOUND.VAL_LIST = "test.csv"
+# Test annotations in ANNOTATIONS_DIR.
 _C.VGGSOUND.TEST_LIST = "test.csv"
 # Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the train list's ids (or its sorted
 # names). Every split uses this one map; a split whose stored ids disagree is an error.
@@ -352,21 +379,31 @@ _C.VGGSOUND.CLASSES_FILE = "classes.txt"
 _C.AUDIOSET = CfgNode()
 # Audio root: <AUDIO_DATA_DIR>/<clip><AUDIO_EXT> (flat).
 _C.AUDIOSET.AUDIO_DATA_DIR = ""
+# Folder of the annotation lists below.
 _C.AUDIOSET.ANNOTATIONS_DIR = ""
+# Extension of the audio files.
 _C.AUDIOSET.AUDIO_EXT = ".flac"
+# Training annotations (.csv or the original .pkl) in ANNOTATIONS_DIR.
 _C.AUDIOSET.TRAIN_LIST = "as2m_train.csv"
+# Validation annotations in ANNOTATIONS_DIR.
 _C.AUDIOSET.VAL_LIST = "test.csv"
+# Test annotations in ANNOTATIONS_DIR.
 _C.AUDIOSET.TEST_LIST = "test.csv"
 
 # Your own dataset: TRAIN.DATASET custom. Lists are project CSVs (tools/prepare_annotations.py --from-folders) or CSVs
 # with the columns file (path under AUDIO_DATA_DIR, with its extension) and label (or labels, joined with ";").
 _C.CUSTOM = CfgNode()
+# Audio root; the file column of the lists is relative to it.
 _C.CUSTOM.AUDIO_DATA_DIR = ""
+# Folder of the annotation lists below.
 _C.CUSTOM.ANNOTATIONS_DIR = ""
 # Appended to each list entry's path (empty when the lists carry the extension).
 _C.CUSTOM.AUDIO_EXT = ""
+# Training list (CSV) in ANNOTATIONS_DIR.
 _C.CUSTOM.TRAIN_LIST = "train.csv"
+# Validation list (CSV) in ANNOTATIONS_DIR.
 _C.CUSTOM.VAL_LIST = "test.csv"
+# Test list (CSV) in ANNOTATIONS_DIR.
 _C.CUSTOM.TEST_LIST = "test.csv"
 # Class names, one per line (line number = id), in ANNOTATIONS_DIR; when absent, the train list's ids (or its sorted
 # names). Every split uses this one map.
@@ -380,21 +417,26 @@ _C.SOLVER = CfgNode()
 _C.SOLVER.BASE_LR = 0.1
 # cosine | steps_with_relative_lrs
 _C.SOLVER.LR_POLICY = "cosine"
+# Learning rate at the end of the cosine.
 _C.SOLVER.COSINE_END_LR = 1e-4
-# steps_with_relative_lrs: epochs where the LR changes, and the LR multipliers.
+# steps_with_relative_lrs: the epochs where each step starts (ascending, the first 0).
 _C.SOLVER.STEPS = []
+# steps_with_relative_lrs: the multiplier of BASE_LR for each step of STEPS (one entry per step).
 _C.SOLVER.LRS = []
 # Epochs of training.
 _C.SOLVER.MAX_EPOCH = 300
-# SGD momentum, dampening and Nesterov.
+# SGD momentum.
 _C.SOLVER.MOMENTUM = 0.9
+# SGD dampening.
 _C.SOLVER.DAMPENING = 0.0
+# Nesterov momentum for SGD.
 _C.SOLVER.NESTEROV = True
 # Weight decay (never on 1-D parameters and biases when ZERO_WD_1D_PARAM).
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 # Linear warmup from WARMUP_START_LR over WARMUP_EPOCHS (fractional), per iteration; a run shorter than its warmup
 # ends on the warmup line (a warning says so).
 _C.SOLVER.WARMUP_EPOCHS = 0.0
+# Learning rate at the first iteration of the warmup.
 _C.SOLVER.WARMUP_START_LR = 1e-8
 # sgd | adam | adamw
 _C.SOLVER.OPTIMIZING_METHOD = "sgd"
@@ -410,9 +452,11 @@ _C.SOLVER.BASE_LR_SCALE_NUM_SHARDS = False
 _C.SOLVER.LAYER_DECAY = 1.0
 # The cosine starts after the warmup.
 _C.SOLVER.COSINE_AFTER_WARMUP = True
+# No weight decay on 1-D parameters (norms, biases).
 _C.SOLVER.ZERO_WD_1D_PARAM = True
-# Gradient clipping by value or by global L2 norm (None: off).
+# Clip every gradient element to [-CLIP_GRAD_VAL, CLIP_GRAD_VAL] (None: off).
 _C.SOLVER.CLIP_GRAD_VAL = None
+# Clip the global L2 norm of the gradients to this value (None: off).
 _C.SOLVER.CLIP_GRAD_L2NORM = None
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -427,7 +471,9 @@ _C.TENSORBOARD.LOG_DIR = ""
 _C.WANDB = CfgNode()
 # Log to Weights & Biases (pip install wandb); RUN_ID resumes a run.
 _C.WANDB.ENABLE = False
+# Run id to resume a Weights & Biases run (empty: a new run).
 _C.WANDB.RUN_ID = ""
+# Weights & Biases project name.
 _C.WANDB.PROJECT = "playitback"
 # online | offline (offline needs no network; sync later with `wandb sync`).
 _C.WANDB.MODE = "online"
@@ -439,6 +485,7 @@ _C.WANDB.MODE = "online"
 _C.NUM_GPUS = 1
 # Machines in the job, and this machine's index (or --num_shards / --shard_id).
 _C.NUM_SHARDS = 1
+# This machine's index among NUM_SHARDS (or --shard_id).
 _C.SHARD_ID = 0
 # Checkpoints, logs, metrics.jsonl and scores go here.
 _C.OUTPUT_DIR = "./tmp"

@@ -42,6 +42,9 @@ def config_reference() -> str:
                     node = "(run)"
                     lines += ["", "## Run", "", "| key | default | meaning |", "|---|---|---|"]
             meaning = " ".join(comment).replace("|", "\\|")
+            if not meaning:
+                raise ValueError(f"config key {key} has no comment above it in playitback/config/defaults.py; "
+                                 "every key needs a one-line meaning for docs/config.md")
             lines.append(f"| `{key}` | `{value}` | {meaning} |")
         comment = []
     lines += ["", "## Keys of the original that are ignored (with a warning)", "", "| key | why |", "|---|---|"]
