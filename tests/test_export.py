@@ -36,7 +36,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model = load_inference_model(cfg, None, torch.device("cpu"))
     checkpoint = root / "tiny.pyth"
     torch.save({"model_state": model.state_dict(), "cfg": dump_config(cfg)}, checkpoint)
-    code = export.main(["--cfg", CFG, "--checkpoint", str(checkpoint), "--out", str(root / "out"), "--opts", *TINY])
+    code = export.main(["--cfg", CFG, "--checkpoint", str(checkpoint), "--out", str(root / "out"), *TINY])
     assert code == 0
     return {"root": root, "cfg": cfg, "model": model, "checkpoint": checkpoint, "out": root / "out"}
 
@@ -89,5 +89,5 @@ def test_description_file(exported: dict) -> None:
 
 def test_checkpoint_that_does_not_fit(exported: dict, capsys: pytest.CaptureFixture) -> None:
     code = export.main(["--cfg", CFG, "--checkpoint", str(exported["checkpoint"]), "--out",
-                        str(exported["root"] / "bad"), "--format", "torchscript", "--opts", *TINY[:-1], "7"])
+                        str(exported["root"] / "bad"), "--format", "torchscript", *TINY[:-1], "7"])
     assert code == 2 and "does not fit the model of this config" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _run(setup: dict, *args: str) -> int:
-    return predict.main(["--cfg", CFG, "--checkpoint", str(setup["checkpoint"]), *args, "--opts", *setup["opts"]])
+    return predict.main(["--cfg", CFG, "--checkpoint", str(setup["checkpoint"]), *args, *setup["opts"]])
 
 
 def _reference_window_probs(setup: dict, path: Path, starts_s: list[float]) -> np.ndarray:
@@ -139,11 +139,11 @@ def test_class_names_from_file_and_from_annotations(setup: dict, tmp_path: Path,
 
 def test_checkpoint_that_does_not_fit_the_config(setup: dict, capsys: pytest.CaptureFixture) -> None:
     code = predict.main(["--cfg", CFG, "--checkpoint", str(setup["checkpoint"]), str(setup["audio"]),
-                         "--opts", *setup["opts"], "MODEL.NUM_CLASSES", "9"])
+                         *setup["opts"], "MODEL.NUM_CLASSES", "9"])
     assert code == 2
     assert "does not fit the model of this config" in capsys.readouterr().err
     assert predict.main(["--cfg", CFG, "--checkpoint", str(setup["root"] / "missing.pyth"), str(setup["audio"]),
-                         "--opts", *setup["opts"]]) == 2
+                         *setup["opts"]]) == 2
 
 
 def test_plot_writes_one_png_per_file(setup: dict, tmp_path: Path) -> None:

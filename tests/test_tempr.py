@@ -9,7 +9,7 @@ import torch
 
 from playitback.models.tempr import FUSION_LOCATIONS, FUSIONS, TemPr, fourier_position_encoding, softmax_fp32
 
-from original_keys import MODELS, original_keys
+from original_keys import original_keys
 
 D = 8  # token width of the tiny decoders
 

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import derived  # noqa: E402
-from playitback.data.statistics import clip_statistics  # noqa: E402
-from playitback.metrics import classification_metrics  # noqa: E402
-from playitback.utils.cli import config_tool_parser, load_tool_config  # noqa: E402
+from playitback.config import derived
+from playitback.data.statistics import clip_statistics
+from playitback.metrics import classification_metrics
+from playitback.utils.cli import config_tool_parser, load_tool_config
 
 C_GRID = np.logspace(-3, 2, 6)
 

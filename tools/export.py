@@ -14,7 +14,7 @@ still read it. Every operator of the model has an ONNX equivalent, so no custom 
 Examples:
     python tools/export.py --cfg configs/VGG-Sound/PlayItBackX2.yaml --checkpoint x2.pyth --out exported/
     python tools/export.py --cfg ... --checkpoint ... --out exported/ --format onnx --batch 1
-    python tools/export.py --cfg ... --checkpoint ... --out exported/ --opts AUDIO_DATA.FRAMES0 400
+    python tools/export.py --cfg ... --checkpoint ... --out exported/ AUDIO_DATA.FRAMES0 400
 """
 from __future__ import annotations
 
@@ -29,12 +29,11 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import ConfigError, derived, load_config  # noqa: E402
-from playitback.engine.checkpoint import CheckpointError  # noqa: E402
-from playitback.inference import load_inference_model, probabilities  # noqa: E402
-from playitback.models.build import example_playbacks  # noqa: E402
+from playitback.config import ConfigError, derived, load_config
+from playitback.engine.checkpoint import CheckpointError
+from playitback.inference import load_inference_model, probabilities
+from playitback.models.build import example_playbacks
+from playitback.utils.cli import split_overrides
 
 FORMATS = ("pt2", "onnx", "torchscript")
 ONNX_OPSET = 18
@@ -153,16 +152,17 @@ def export(cfg: CfgNode, checkpoint: str | Path | None, out_dir: str | Path, for
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="KEY VALUE config overrides go last, after the flags.")
     parser.add_argument("--cfg", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--format", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--batch", type=int, default=None, help="fixed batch size (default: dynamic)")
-    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    flags, opts = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(flags)
     try:
-        cfg = load_config(args.cfg, list(args.opts) + ["NUM_GPUS", "0", "NUM_SHARDS", "1"])
+        cfg = load_config(args.cfg, opts + ["NUM_GPUS", "0", "NUM_SHARDS", "1"])
         written = export(cfg, args.checkpoint, args.out, args.format, args.batch)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

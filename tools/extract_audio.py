@@ -28,10 +28,12 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from playitback.utils.cli import report_failures
+from playitback.data.audio_io import AUDIO_EXTENSIONS
+from playitback.utils.cli import find_files, report_failures
 
+# What ffmpeg converts: the audio the reader decodes, other audio codecs and video containers.
 MEDIA_EXTENSIONS = (
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma",
+    *AUDIO_EXTENSIONS, ".opus", ".m4a", ".aac", ".wma",
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
 )
 OUTPUT_FORMATS = ("wav", "flac")
@@ -68,18 +70,10 @@ def find_media(inputs: Iterable[str | Path], extensions: Sequence[str] = MEDIA_E
     Raises:
         ExtractError: An input does not exist, or a folder holds no media file.
     """
-    found: list[tuple[Path, Path]] = []
-    for item in map(Path, inputs):
-        if item.is_file():
-            found.append((item, Path(item.stem)))
-        elif item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-            if not files:
-                raise ExtractError(f"{item}: no media files ({', '.join(extensions)}) in this folder or below")
-            found.extend((p, p.relative_to(item).with_suffix("")) for p in files)
-        else:
-            raise ExtractError(f"{item}: no such file or folder; check the path")
-    return found
+    files, problems = find_files(inputs, extensions, what="media")
+    if problems:
+        raise ExtractError(problems[0][1])
+    return [(path, relative.with_suffix("")) for path, relative in files]
 
 
 def plan_outputs(media: Sequence[tuple[Path, Path]], out_dir: str | Path, fmt: str) -> list[tuple[Path, Path]]:

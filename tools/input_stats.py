@@ -14,12 +14,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.data.statistics import input_statistics  # noqa: E402
-from playitback.utils.cli import config_tool_parser, load_tool_config  # noqa: E402
+from playitback.data.statistics import input_statistics
+from playitback.utils.cli import config_tool_parser, load_tool_config
 
 
 def main(argv: list[str] | None = None) -> int:

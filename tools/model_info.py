@@ -26,20 +26,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import ConfigError, load_config  # noqa: E402
-from playitback.models import build_model  # noqa: E402
-from playitback.models.build import example_playbacks  # noqa: E402
-from playitback.models.playitback import PlayItBack  # noqa: E402
-from playitback.utils.flops import count_flops  # noqa: E402
+from playitback.config import ConfigError, load_config
+from playitback.models import build_model
+from playitback.models.build import example_playbacks
+from playitback.models.playitback import PlayItBack
+from playitback.utils.flops import count_flops
 
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:

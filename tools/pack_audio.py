@@ -27,13 +27,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import ConfigError, derived, load_config  # noqa: E402
-from playitback.data.annotations import AnnotationError  # noqa: E402
-from playitback.data.audio_io import AudioReadError  # noqa: E402
-from playitback.data.build import build_reader, load_split_records  # noqa: E402
-from playitback.data.shards import STORAGES, ShardError, pack_clips, verify_pack  # noqa: E402
+from playitback.config import ConfigError, derived, load_config
+from playitback.data.annotations import AnnotationError
+from playitback.data.audio_io import AudioReadError
+from playitback.data.build import build_reader, load_split_records
+from playitback.data.shards import STORAGES, ShardError, pack_clips, verify_pack
 
 FAILURES_FILE = "pack_failures.txt"
 _SHOWN_FAILURES = 10

@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import derived, load_config  # noqa: E402
-from playitback.data.build import build_reader, load_split_records  # noqa: E402
-from playitback.data.dataset import crop_or_pad, crop_start  # noqa: E402
-from playitback.inference import analyse_crops, load_inference_model  # noqa: E402
-from playitback.visualization import plot_replay  # noqa: E402
+from playitback.config import derived, load_config
+from playitback.data.build import build_reader, load_split_records
+from playitback.data.dataset import crop_or_pad, crop_start
+from playitback.inference import analyse_crops, load_inference_model
+from playitback.visualization import plot_replay
 
 
 def read_events(path: Path | None) -> dict[str, list[list[float]]]:

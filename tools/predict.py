@@ -9,7 +9,7 @@ Examples:
     python tools/predict.py --cfg configs/VGG-Sound/PlayItBackX2.yaml --checkpoint x2.pyth clips/ dog.wav
     python tools/predict.py --cfg ... --checkpoint ... --classes classes.txt --top-k 3 --hop 2 --json out.json long.flac
     python tools/predict.py --cfg ... --checkpoint ... --plot figs/ --embeddings emb.npy --device cuda clips/
-    python tools/predict.py --cfg ... --checkpoint ... clips/ --opts VGGSOUND.ANNOTATIONS_DIR data/VGG-Sound
+    python tools/predict.py --cfg ... --checkpoint ... clips/ VGGSOUND.ANNOTATIONS_DIR data/VGG-Sound
 
 Class names come from --classes (one name per line, in class-id order), else from the config's annotation files when
 they exist, else the class ids are printed. Unreadable files are reported and skipped; the exit status is 1 when any
@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,23 +29,21 @@ import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import ConfigError, derived, load_config  # noqa: E402
-from playitback.data.annotations import AnnotationError, class_names_from_records  # noqa: E402
-from playitback.data.audio_io import AudioReadError, read_audio_file  # noqa: E402
-from playitback.data.build import build_pyramid, load_split_records  # noqa: E402
-from playitback.engine.checkpoint import CheckpointError  # noqa: E402
-from playitback.inference import (  # noqa: E402
+from playitback.config import ConfigError, derived, load_config
+from playitback.data.annotations import AnnotationError, class_names_from_records
+from playitback.data.audio_io import AUDIO_EXTENSIONS, AudioReadError, read_audio_file
+from playitback.data.build import build_pyramid, load_split_records
+from playitback.engine.checkpoint import CheckpointError
+from playitback.inference import (
     CropAnalysis,
     analyse_crops,
     crop_windows,
     load_inference_model,
     stitch_windows,
 )
-from playitback.visualization import plot_replay  # noqa: E402
+from playitback.utils.cli import find_files, split_overrides
+from playitback.visualization import plot_replay
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
 _TASK_NAMES = {"epickitchens": ("verb", "noun")}
 
 
@@ -70,28 +68,6 @@ class FileResult:
     windows: list[CropAnalysis] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     features: np.ndarray | None = None
-
-
-def find_audio(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Audio files among `inputs` (folders searched recursively, in sorted order).
-
-    Returns:
-        (files, problems): a missing path or a folder without audio is a (path, message) problem, not an error.
-    """
-    files: list[Path] = []
-    problems: list[tuple[Path, str]] = []
-    for item in map(Path, inputs):
-        if item.is_file():
-            files.append(item)
-        elif item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if found:
-                files.extend(found)
-            else:
-                problems.append((item, f"{item}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"))
-        else:
-            problems.append((item, f"{item}: no such file or folder"))
-    return files, problems
 
 
 def read_class_file(path: str | Path, num_classes: int) -> list[str]:
@@ -286,7 +262,8 @@ def select_device(name: str) -> torch.device:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="KEY VALUE config overrides go last, after the flags and the audio inputs.")
     parser.add_argument("audio", nargs="+", help="audio files and folders (searched recursively)")
     parser.add_argument("--cfg", required=True, help="the config the checkpoint was trained with")
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pyth) with model_state")
@@ -300,8 +277,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="save the fused decoder features (one row per file) and OUT.json with the files")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE config overrides (put --opts last)")
-    return parser.parse_args(argv)
+    flags, opts = split_overrides(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(flags, argparse.Namespace(opts=opts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputError, CheckpointError, FileNotFoundError, AnnotationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    files, problems = find_audio(args.audio)
+    found, problems = find_files(args.audio, AUDIO_EXTENSIONS)
+    files = [path for path, _ in found]
     results, unreadable = predict_files(cfg, model, files, args.hop, args.batch_size)
     problems.extend(unreadable)
     k = max(1, min(args.top_k, num_classes))

@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 # OpenMP threads that spin while waiting steal the cores of the DataLoader workers; on a 2-core machine the default
 # (active) policy made CPU training steps up to 20x slower. Must be set before torch starts OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playitback.config import ConfigError, load_config  # noqa: E402
 from playitback.engine.trainer import test, train  # noqa: E402

@@ -35,9 +35,7 @@ from types import FrameType, ModuleType
 from typing import Any
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from playitback.config import ConfigError, load_config  # noqa: E402
+from playitback.config import ConfigError, load_config
 
 RUN_NET = Path(__file__).resolve().parent / "run_net.py"
 SIGNAL_DELAY_S = 120

@@ -23,12 +23,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from playitback.data.audio_io import AUDIO_EXTENSIONS, AudioReadError, float_to_pcm16, read_audio_file
+from playitback.utils.cli import find_files, report_failures
 
-from playitback.data.audio_io import AudioReadError, float_to_pcm16, read_audio_file  # noqa: E402
-from playitback.utils.cli import report_failures  # noqa: E402
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 DTYPES = ("float32", "int16")
 RATE_ATTRIBUTE = "sample_rate"
 
@@ -48,17 +45,10 @@ def find_audio(inputs: Iterable[str | Path]) -> list[Path]:
     Raises:
         ValueError: A missing input, a folder without audio, or two files with the same stem (same dataset name).
     """
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_file():
-            files.append(item)
-        elif item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                raise ValueError(f"{item}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder or below")
-            files.extend(found)
-        else:
-            raise ValueError(f"{item}: no such file or folder; check the path")
+    found, problems = find_files(inputs, AUDIO_EXTENSIONS)
+    if problems:
+        raise ValueError(problems[0][1])
+    files = [path for path, _ in found]
     owner: dict[str, Path] = {}
     for path in files:
         if path.stem in owner:
@@ -119,7 +109,7 @@ def pack(files: Sequence[Path], out_path: str | Path, dtype: str = "float32", sa
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="audio files and folders (wav/flac/ogg; run extract_audio.py first)")
+    parser.add_argument("inputs", nargs="+", help="audio files and folders (searched recursively; run extract_audio.py first for other formats)")
     parser.add_argument("--out", required=True, help="HDF5 file to create or extend")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--sample-rate", type=int, default=None, help="resample to this rate (default: keep)")

@@ -36,6 +36,10 @@ __all__ = [
 _RESAMPLE_QUALITY = "HQ"
 
 
+# The file types read_audio_file decodes (libsndfile), lower case with the dot: what the tools look for in folders.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+
+
 class AudioReadError(RuntimeError):
     """An audio file or HDF5 entry cannot be read; the message names the file and the problem."""
 
