@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from playitback.config import ConfigError, derived, load_config
-from playitback.config.defaults import get_cfg
+from playitback.config.defaults import ENCODER_VARIANTS, get_cfg
 from playitback.losses import PlayItBackLoss, labels_to_targets
 from playitback.models import EncoderClassifier, PlayItBack, build_model
 
@@ -179,3 +179,20 @@ def test_config_reference_gives_every_key_a_meaning() -> None:
     rows = dict(re.findall(r"^\| `([A-Z0-9_.]+)` \| `.*` \| (.*) \|$", (REPO / "docs" / "config.md").read_text(), re.M))
     assert set(rows) >= set(_flat(get_cfg()))
     assert not [key for key, meaning in rows.items() if not meaning.strip()]
+
+
+def test_encoder_variant_sets_its_keys_under_the_ones_a_config_sets() -> None:
+    def encoder(opts: list[str], cfg_file: Path | None = None) -> dict:
+        return dict(load_config(cfg_file, opts).ENCODER)
+
+    # The defaults are the MViTv2-S of the table, so VARIANT custom on the defaults is MViTv2-S too.
+    assert {k: encoder([])[k] for k in ENCODER_VARIANTS["mvitv2_s"]} == {
+        k: encoder(["ENCODER.VARIANT", "custom"])[k] for k in ENCODER_VARIANTS["mvitv2_s"]}
+    b = encoder(["ENCODER.VARIANT", "mvitv2_b"])
+    assert (b["DEPTH"], b["DROPPATH_RATE"], b["DIM_MUL"][0], len(b["POOL_Q_STRIDE"])) == (24, 0.3, [2, 2.0], 24)
+    # A key the config file or command line sets wins over the variant; the command line's variant over the file's.
+    assert encoder(["ENCODER.DROPPATH_RATE", "0.2"], REPO / "configs/VGG-Sound/PlayItBackX2.yaml")["DROPPATH_RATE"] == 0.2
+    assert encoder(["ENCODER.VARIANT", "mvitv2_s", "DECODER.INPUT_CHANNELS", "768"],
+                   REPO / "configs/VGG-Sound/PlayItBackX2.yaml")["DEPTH"] == 16
+    with pytest.raises(ConfigError, match="ENCODER.VARIANT is 'mvitv2_l'; choose one of 'mvitv2_t'"):
+        load_config(None, ["ENCODER.VARIANT", "mvitv2_l"])

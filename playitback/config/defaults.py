@@ -7,6 +7,8 @@ written back.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from fvcore.common.config import CfgNode
 
 _C = CfgNode()
@@ -209,9 +211,13 @@ _C.DECODER.FUSION_DROPOUT = 0.1
 _C.DECODER.DEPTH = 4
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Encoder (MViTv2 for one-channel spectrograms). The defaults are MViTv2-S.
+# Encoder (MViTv2 for one-channel spectrograms). ENCODER.VARIANT sets the keys of ENCODER_VARIANTS (below); the
+# defaults of those keys are MViTv2-S, which only ENCODER.VARIANT custom uses as they are.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.ENCODER = CfgNode()
+# mvitv2_t | mvitv2_s | mvitv2_b: the size's keys of ENCODER_VARIANTS, under any the config file or command line sets;
+# custom: only the keys as set.
+_C.ENCODER.VARIANT = "mvitv2_s"
 # Pooling of Q/K/V: conv | avg | max.
 _C.ENCODER.MODE = "conv"
 # Pool the tokens before the Q/K/V projections.
@@ -256,6 +262,27 @@ _C.ENCODER.REL_POS_SPATIAL = False
 _C.ENCODER.RESIDUAL_POOLING = True
 # Grow the width inside the attention (MViTv2) rather than in the MLP (MViTv1).
 _C.ENCODER.DIM_MUL_IN_ATT = True
+
+
+
+def _mvitv2(depth: int, stage_starts: tuple[int, ...], drop_path_rate: float) -> dict[str, Any]:
+    """The ENCODER keys of an MViTv2 size: width and heads double and the token grid halves (query stride 2x2) at
+    the first block of stages 2, 3 and 4. Every block is listed in POOL_Q_STRIDE (stride 1 outside the stage starts),
+    so each block pools its queries and the state-dict keys are those of the original checkpoints."""
+    return {
+        "DEPTH": depth, "DROPPATH_RATE": drop_path_rate, "EMBED_DIM": 96, "NUM_HEADS": 1,
+        "DIM_MUL": [[i, 2.0] for i in stage_starts], "HEAD_MUL": [[i, 2.0] for i in stage_starts],
+        "POOL_Q_STRIDE": [[i, 2, 2] if i in stage_starts else [i, 1, 1] for i in range(depth)],
+        "POOL_KV_STRIDE_ADAPTIVE": [4, 4], "POOL_KVQ_KERNEL": (3, 3),
+    }
+
+
+#: The MViTv2 sizes of the paper (stages of 1-2-5-2, 1-2-11-2 and 2-3-16-3 blocks), selected by ENCODER.VARIANT.
+ENCODER_VARIANTS: dict[str, dict[str, Any]] = {
+    "mvitv2_t": _mvitv2(10, (1, 3, 8), 0.1),
+    "mvitv2_s": _mvitv2(16, (1, 3, 14), 0.1),
+    "mvitv2_b": _mvitv2(24, (2, 5, 21), 0.3),
+}
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data.

@@ -18,7 +18,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from playitback.config import derived
-from playitback.config.defaults import REMOVED_KEYS, get_cfg
+from playitback.config.defaults import ENCODER_VARIANTS, REMOVED_KEYS, get_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,18 @@ def _merge(cfg: CfgNode, updates: Mapping[str, Any], source: str, errors: list[s
             errors.append(str(err))
 
 
+def _apply_encoder_variant(cfg: CfgNode, sources: Sequence[Mapping[str, Any]], errors: list[str]) -> None:
+    """Set the keys of the ENCODER.VARIANT that the last of ``sources`` naming one asks for (else the default), before
+    the sources are merged: keys a source sets override the variant's. An unknown name is left to the validation."""
+    variant = cfg.ENCODER.VARIANT
+    for source in sources:
+        encoder = source.get("ENCODER")
+        if isinstance(encoder, Mapping) and "VARIANT" in encoder:
+            variant = encoder["VARIANT"]
+    if variant in ENCODER_VARIANTS:
+        _merge(cfg, {"ENCODER": ENCODER_VARIANTS[variant]}, f"ENCODER.VARIANT {variant}", errors)
+
+
 def _load_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file; a `_BASE_` entry (a path or list of paths, relative to this file) is loaded first and
     overridden key by key."""
@@ -185,9 +197,11 @@ def load_config(
     """
     cfg = get_cfg()
     errors: list[str] = []
-    if cfg_file is not None:
-        _merge(cfg, _load_yaml_with_base(Path(cfg_file)), str(cfg_file), errors)
-    _merge(cfg, _opts_to_dict(list(opts)), "the command line", errors)
+    from_file = _load_yaml_with_base(Path(cfg_file)) if cfg_file is not None else {}
+    from_command_line = _opts_to_dict(list(opts))
+    _apply_encoder_variant(cfg, [from_file, from_command_line], errors)
+    _merge(cfg, from_file, str(cfg_file), errors)
+    _merge(cfg, from_command_line, "the command line", errors)
     if shard_id is not None:
         cfg.SHARD_ID = int(shard_id)
     if num_shards is not None:
@@ -230,6 +244,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, ("mean", "adaptive", "adaptive_concat"))
     _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, ("features", "predictions"))
     _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, ("conv", "avg", "max"))
+    _choice(errors, "ENCODER.VARIANT", cfg.ENCODER.VARIANT, (*ENCODER_VARIANTS, "custom"))
     _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, ("sgd", "adam", "adamw"))
     _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, ("cosine", "steps_with_relative_lrs"))
     _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, ("sum", "max"))
@@ -377,7 +392,9 @@ def config_from_text(text: str) -> CfgNode:
     """A config stored by :func:`dump_config` (e.g. inside a checkpoint), merged onto the current defaults."""
     cfg = get_cfg()
     errors: list[str] = []
-    _merge(cfg, yaml.safe_load(text) or {}, "the stored config", errors)
+    stored = yaml.safe_load(text) or {}
+    _apply_encoder_variant(cfg, [stored], errors)
+    _merge(cfg, stored, "the stored config", errors)
     if errors:
         raise ConfigError("stored config does not match this version of playitback:\n  - " + "\n  - ".join(errors))
     cfg.freeze()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -710,67 +709,3 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-@dataclass(frozen=True)
-class MViTVariant:
-    """An MViTv2 size. Each stage transition doubles width and heads and halves the grid (q-stride 2x2).
-
-    Attributes:
-        depth: Number of blocks.
-        stage_starts: First block of stages 2, 3 and 4 (where width and heads double and the grid halves).
-        drop_path_rate: Stochastic depth of the last block.
-        embed_dim: Width of the first stage.
-        num_heads: Heads of the first stage.
-        pool_kv_stride_adaptive: Initial key/value stride.
-        pool_kvq_kernel: Q/K/V pooling kernel.
-    """
-
-    depth: int
-    stage_starts: tuple[int, ...]
-    drop_path_rate: float
-    embed_dim: int = 96
-    num_heads: int = 1
-    pool_kv_stride_adaptive: tuple[int, int] = (4, 4)
-    pool_kvq_kernel: tuple[int, int] = (3, 3)
-
-
-#: The MViTv2 sizes of the paper (stages of 1-2-5-2, 1-2-11-2 and 2-3-16-3 blocks).
-MVIT_VARIANTS: dict[str, MViTVariant] = {
-    "mvitv2_t": MViTVariant(depth=10, stage_starts=(1, 3, 8), drop_path_rate=0.1),
-    "mvitv2_s": MViTVariant(depth=16, stage_starts=(1, 3, 14), drop_path_rate=0.1),
-    "mvitv2_b": MViTVariant(depth=24, stage_starts=(2, 5, 21), drop_path_rate=0.3),
-}
-
-
-def mvit_variant_kwargs(name: str) -> dict[str, Any]:
-    """Constructor arguments of :class:`MViT` for a named size (everything except ``num_classes``).
-
-    Every block is listed in ``pool_q_stride`` (stride 1x1 outside the stage starts), as in the original configs,
-    so each block has its query pooling and the state-dict keys match the original checkpoints.
-
-    Args:
-        name: One of :data:`MVIT_VARIANTS`, e.g. "mvitv2_b".
-
-    Returns:
-        Keyword arguments, e.g. ``MViT(num_classes=[309], **mvit_variant_kwargs("mvitv2_b"))``.
-
-    Raises:
-        ValueError: For an unknown name; the message lists the valid ones.
-    """
-    if name not in MVIT_VARIANTS:
-        raise ValueError(f"unknown MViT variant {name!r}; valid names: {', '.join(sorted(MVIT_VARIANTS))}")
-    variant = MVIT_VARIANTS[name]
-    return {
-        "depth": variant.depth,
-        "embed_dim": variant.embed_dim,
-        "num_heads": variant.num_heads,
-        "drop_path_rate": variant.drop_path_rate,
-        "dim_mul": [[index, 2.0] for index in variant.stage_starts],
-        "head_mul": [[index, 2.0] for index in variant.stage_starts],
-        "pool_q_stride": [
-            [index, 2, 2] if index in variant.stage_starts else [index, 1, 1] for index in range(variant.depth)
-        ],
-        "pool_kv_stride_adaptive": list(variant.pool_kv_stride_adaptive),
-        "pool_kvq_kernel": list(variant.pool_kvq_kernel),
-    }
