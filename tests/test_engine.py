@@ -253,7 +253,7 @@ def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
                         ).train()
     assert not model.encoder.training and all(not m.training for m in model.encoder.modules())
     assert not any(p.requires_grad for p in model.encoder.parameters())
-    assert model.decoder.training and all(m.training for m in model.saliency_slots.modules())
+    assert model.decoder.training and all(m.training for m in model.saliencies.modules())
 
 
 def test_plot_segments_draws_test_clips_with_their_events(uninterrupted: Path, data: Path, tmp_path: Path) -> None:

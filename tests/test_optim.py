@@ -159,7 +159,7 @@ def test_layer_decay_gives_each_encoder_layer_its_hand_computed_factor() -> None
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     wd_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
     expected = {"encoder.patch_embed.": 0.125, "encoder.blocks.0.": 0.25, "encoder.blocks.1.": 0.5,
-                "encoder.norm.": 1.0, "encoder.head.": 1.0, "decoder.": 1.0, "saliency_slots.": 1.0}
+                "encoder.norm.": 1.0, "encoder.head.": 1.0, "decoder.": 1.0, "saliencies.": 1.0}
     seen = set()
     for name, param in model.named_parameters():
         prefix = next(p for p in expected if name.startswith(p))

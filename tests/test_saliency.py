@@ -16,6 +16,7 @@ from playitback.models.saliency import (
     saliency_mask,
     temporal_profile,
 )
+from playitback.models.weights import remap_state_dict
 
 from original_keys import MODELS, original_keys
 
@@ -230,12 +231,21 @@ def original_saliency_entry() -> dict[str, tuple[int, ...]]:
     return original_keys(MODELS[0], "saliency_slots.0.")
 
 
-def test_state_dict_matches_the_original() -> None:
+def test_original_saliency_weights_load_under_the_module_names() -> None:
     want = original_saliency_entry()
-    model = TemporalSaliency(768, 400, 400)
-    assert len(want) == 24
-    assert {key: tuple(value.shape) for key, value in model.state_dict().items()} == want
-    model.load_state_dict({key: torch.zeros(shape) for key, shape in want.items()})
+    assert len(want) == 24 and all(key.startswith(("0.", "3.")) for key in want)
+    torch.manual_seed(0)
+    source = {f"saliency_slots.0.{key}": torch.randn(shape) for key, shape in want.items()}
+    model = torch.nn.Module()
+    model.saliencies = torch.nn.ModuleList([TemporalSaliency(768, 400, 400)])
+    mapped, report = remap_state_dict(source, model.state_dict())
+    assert not report.missing and not report.unexpected and not report.shape_mismatch and not report.remapped
+    model.load_state_dict(mapped, strict=True)
+    saliency = model.saliencies[0]
+    assert torch.equal(saliency.position_embed.embedding.weight, source["saliency_slots.0.0.embedding.weight"])
+    assert torch.equal(saliency.slot_attention.gru.weight_hh, source["saliency_slots.0.3.gru.weight_hh"])
+    # Same tensors in the same order, so an original optimiser state lines up too.
+    assert [tuple(v.shape) for v in saliency.state_dict().values()] == list(want.values())
 
 
 def test_saliency_compiles_fullgraph() -> None:

@@ -80,7 +80,7 @@ def model_info(cfg: CfgNode, batch: int = 1) -> dict[str, Any]:
     num_passes = model.num_playbacks if isinstance(model, PlayItBack) else 1
     stages = {"encoder_passes": num_passes * encoder_pass.total, "encoder_head": whole.by_module.get("encoder.head", 0)}
     if isinstance(model, PlayItBack):
-        stages.update({f"saliency_{i}": whole.by_module.get(f"saliency_slots.{i}", 0) for i in range(num_passes)})
+        stages.update({f"saliency_{i}": whole.by_module.get(f"saliencies.{i}", 0) for i in range(num_passes)})
         stages["decoder"] = whole.by_module.get("decoder", 0)
     stages["other"] = whole.total - sum(stages.values())
     stages = {"total": whole.total, "encoder_pass": encoder_pass.total, **stages}

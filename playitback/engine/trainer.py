@@ -58,7 +58,7 @@ from playitback.losses import PlayItBackLoss
 from playitback.metrics import ViewEnsemble, classification_metrics
 from playitback.models import build_model
 from playitback.models.replay import replayed_seconds
-from playitback.models.weights import LoadReport, remap_state_dict
+from playitback.models.weights import LoadReport, from_original_key, remap_state_dict
 from playitback.utils import distributed as du
 from playitback.utils.logging import MetricWriter, setup_logging
 
@@ -324,7 +324,8 @@ def _restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any], source:
 def _resume_run(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 task: ClassificationTask, path: Path, checkpoint: dict[str, Any]) -> TrainState:
     """Continue a run exactly from its own checkpoint: modules, optimiser, scaler, random streams, position."""
-    unwrap(model).load_state_dict(checkpoint["model_state"])
+    # A run started before the saliency modules were named holds their original keys (saliency_slots.{i}.0/.3).
+    unwrap(model).load_state_dict({from_original_key(k): v for k, v in checkpoint["model_state"].items()})
     _restore_optimizer(optimizer, checkpoint["optimizer_state"], path)
     _restore_scaler(scaler, checkpoint["scaler_state"], path)
     states = checkpoint["rng_states"]

@@ -104,7 +104,7 @@ class PlayItBack(nn.Module):
             raise ValueError(f"hops must be {len(saliency)} positive ints (one per playback), got {hops}")
         self.encoder = encoder
         # The original's module name, so that its checkpoints load.
-        self.saliency_slots = nn.ModuleList(saliency)
+        self.saliencies = nn.ModuleList(saliency)
         self.decoder = decoder
         self.freeze_encoder = freeze_encoder
         self.hops = hops
@@ -123,7 +123,7 @@ class PlayItBack(nn.Module):
 
     @property
     def num_playbacks(self) -> int:
-        return len(self.saliency_slots)
+        return len(self.saliencies)
 
     def train(self, mode: bool = True) -> "PlayItBack":
         super().train(mode)
@@ -171,7 +171,7 @@ class PlayItBack(nn.Module):
         rows = self.encoder.token_rows
         tokens, saliencies, masks, pos_logits, neg_logits, evidence = [], [], [], [], [], []
         composites, all_times = [composite], [times]
-        for i, saliency_module in enumerate(self.saliency_slots):
+        for i, saliency_module in enumerate(self.saliencies):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
                 grid_tokens = _tokens_on_grid(self.encoder, composite)
             if self.uses_evidence:

@@ -227,9 +227,9 @@ def normalise_per_sample(curve: Tensor, eps: float = 1e-12) -> Tensor:
 class TemporalSaliency(nn.Module):
     """Temporal saliency of one playback: position-embedded temporal profile -> 2-slot attention -> curve in [0, 1].
 
-    The state dict matches one entry ``saliency_slots.{i}`` of the original: ``0.embedding.*`` (SoftPositionEmbed) and
-    ``3.*`` (SlotAttention); the original's parameter-free modules 1 and 2 (a transpose and a nearest upsample) are
-    plain tensor operations here.
+    The original's entry ``saliency_slots.{i}`` was an ``nn.Sequential`` whose parameter-free modules 1 and 2 (a
+    transpose and a nearest upsample) are plain tensor operations here; its keys ``0.*`` and ``3.*`` load into
+    ``position_embed.*`` and ``slot_attention.*`` (:func:`playitback.models.weights.remap_state_dict`).
 
     Args:
         token_dim: encoder token width D (the number of set elements the slots attend over).
@@ -272,19 +272,9 @@ class TemporalSaliency(nn.Module):
         self.token_dim = token_dim
         self.frames0 = frames0
         self.resolution = resolution
-        self.add_module("0", SoftPositionEmbed(token_dim))
+        self.position_embed = SoftPositionEmbed(token_dim)
         # hidden = max(resolution, 128) as in the original.
-        self.add_module("3", SlotAttention(num_slots, resolution, iters, eps, max(resolution, 128)))
-
-    @property
-    def position_embed(self) -> SoftPositionEmbed:
-        """The position embedding (state-dict prefix ``0.``)."""
-        return self._modules["0"]
-
-    @property
-    def slot_attention(self) -> SlotAttention:
-        """The slot attention (state-dict prefix ``3.``)."""
-        return self._modules["3"]
+        self.slot_attention = SlotAttention(num_slots, resolution, iters, eps, max(resolution, 128))
 
     def forward(self, tokens: Tensor, rows: TokenRows) -> tuple[Tensor, Tensor]:
         """Compute the saliency curve of a batch of token grids.

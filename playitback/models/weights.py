@@ -6,6 +6,7 @@ does no I/O.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,13 @@ from torch import Tensor
 _SUBMODULE_PREFIXES = ("encoder.", "decoder.")
 _DDP_PREFIX = "module."
 _PATCH_KERNEL_SUFFIX = "patch_embed.proj.weight"
+# The original PlayItBack named the saliency of playback i `saliency_slots.{i}`, an nn.Sequential whose module 0 was the
+# position embedding and module 3 the slot attention (1 and 2 held no parameters). Its keys (and those of this
+# project's checkpoints before the modules were named) load under the names of the module tree.
+_ORIGINAL_KEY_RENAMES = (
+    (re.compile(r"^saliency_slots\.(\d+)\.0\."), r"saliencies.\1.position_embed."),
+    (re.compile(r"^saliency_slots\.(\d+)\.3\."), r"saliencies.\1.slot_attention."),
+)
 
 
 @dataclass
@@ -70,12 +78,19 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def from_original_key(key: str) -> str:
+    """The name in this module tree of an original PlayItBack state-dict key (other keys are returned unchanged)."""
+    for pattern, replacement in _ORIGINAL_KEY_RENAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
 def _clean_key(key: str, clear_name_patterns: Sequence[str]) -> str:
     if key.startswith(_DDP_PREFIX):
         key = key[len(_DDP_PREFIX):]
     for pattern in clear_name_patterns:
         key = key.replace(pattern, "")
-    return key
+    return from_original_key(key)
 
 
 def _is_rgb_patch_kernel(name: str, source: Tensor, target: Tensor) -> bool:
@@ -94,7 +109,9 @@ def remap_state_dict(
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Match the tensors of ``source`` to the keys of ``target``.
 
-    Per source key, in order: strip a leading ``module.`` (DDP) and every ``clear_name_patterns`` substring; then
+    Per source key, in order: strip a leading ``module.`` (DDP) and every ``clear_name_patterns`` substring, and rename
+    the original's saliency keys (``saliency_slots.{i}.0.`` / ``.3.`` -> ``saliencies.{i}.position_embed.`` /
+    ``.slot_attention.``); then
     take the first of ``key``, ``encoder.`` + key, ``decoder.`` + key that exists in ``target`` with the same shape
     (a prefixed name is skipped when another source key has that exact name).
     Failing that, a 3-channel ``patch_embed.proj.weight`` ``[D, 3, k, k]`` loads into a ``[D, 1, k, k]`` target as

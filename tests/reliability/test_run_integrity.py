@@ -55,7 +55,7 @@ def test_testing_a_checkpoint_that_leaves_weights_missing_is_refused(data: Path,
                                                                       tmp_path: Path) -> None:
     opts = run_opts(data, tmp_path, epochs=1) + STRICT + TEST_ONLY
     # The stage-1 checkpoint has no saliency or decoder: testing PlayItBack with it would score random layers.
-    with pytest.raises(ckpt.CheckpointError, match=r"weights are missing .*saliency_slots|weights are missing .*"
+    with pytest.raises(ckpt.CheckpointError, match=r"weights are missing .*saliencies|weights are missing .*"
                                                    r"decoder"):
         trainer.test(load_config(PLAYITBACK, opts + ["TEST.CHECKPOINT_FILE_PATH", str(stage1)]))
     with pytest.raises(trainer.RandomWeightsError, match="no checkpoint to test"):
