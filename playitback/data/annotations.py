@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from playitback.data.audio_io import AUDIO_EXTENSIONS
 from playitback.data.records import ClipRecord
 from playitback.data.safe_pickle import UnsafePickleError, load_dataframe_pickle
 
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 DATASETS = ("vggsound", "audioset", "epickitchens", "custom")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 PROJECT_CSV_COLUMNS = ("uid", "source", "labels", "start_s", "stop_s", "label_names")
 _LIST_SEPARATOR = ";"
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
