@@ -96,7 +96,6 @@ def _reachable(module: str) -> set[str]:
     return seen
 
 
-@pytest.mark.xfail(strict=True, reason="inference still takes load_weights from engine.trainer (issue 15, item 1)")
 def test_inference_never_imports_the_training_loop() -> None:
     assert not _reachable("playitback.inference") & TRAINING_LOOP
 

@@ -107,7 +107,7 @@ def test_an_imagenet_mvitv2_checkpoint_file_starts_a_stage1_encoder(tmp_path) ->
     from engine_utils import TINY_MODEL
 
     from playitback.config import load_config
-    from playitback.engine.trainer import load_weights
+    from playitback.engine.checkpoint import load_weights
     from playitback.models import build_model
 
     cfg = load_config("configs/Demo/MViT_pretrain.yaml", [*TINY_MODEL, "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2]]"])

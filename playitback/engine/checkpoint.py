@@ -12,10 +12,14 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from playitback.models.weights import LoadReport, remap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +251,40 @@ def set_rng_state(state: dict) -> None:
                            len(saved), present, min(len(saved), present))
         for device, device_state in enumerate(saved[:present]):
             torch.cuda.set_rng_state(device_state, device)
+
+
+def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = (),
+                 strict: bool = False) -> tuple[dict, LoadReport]:
+    """Load model weights from a checkpoint (PlayItBack, encoder pretraining, or a bare/ImageNet MViTv2 state dict).
+
+    Args:
+        model: The plain model (not wrapped).
+        path: The checkpoint.
+        clear_name_patterns: Substrings removed from the checkpoint's keys (TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN).
+        strict: Require every weight of the model from the checkpoint (testing, prediction: a decoder or head left at
+            its random initialisation would give confident nonsense).
+
+    Returns:
+        (the checkpoint dict, the report of which model keys it filled).
+
+    Raises:
+        CheckpointError: No weight matches, or (strict) some are missing.
+    """
+    checkpoint = load_checkpoint_file(path)
+    source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
+    mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
+    if not report.loaded:
+        raise CheckpointError(
+            f"no weight of {path} matches this model (different architecture or class count?): {report.summary()}"
+        )
+    if strict and report.missing:
+        shown = ", ".join(report.missing[:5]) + (", ..." if len(report.missing) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model of this config: {len(report.missing)} of "
+            f"{len(model.state_dict())} weights are missing or have another shape ({shown}); pass the config the "
+            "checkpoint was trained with (the same MODEL.*, ENCODER.*, DECODER.* and class count), or "
+            "MODEL.ALLOW_RANDOM_WEIGHTS True to test with those weights random"
+        )
+    model.load_state_dict(mapped, strict=False)
+    logger.info("loaded weights from %s: %s", path, report.summary())
+    return checkpoint, report

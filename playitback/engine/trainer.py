@@ -58,7 +58,7 @@ from playitback.losses import PlayItBackLoss
 from playitback.metrics import ViewEnsemble, classification_metrics
 from playitback.models import build_model
 from playitback.models.replay import replayed_seconds
-from playitback.models.weights import LoadReport, from_original_key, remap_state_dict
+from playitback.models.weights import from_original_key
 from playitback.utils import distributed as du
 from playitback.utils.logging import MetricWriter, setup_logging
 
@@ -164,43 +164,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = (),
-                 strict: bool = False) -> tuple[dict, LoadReport]:
-    """Load model weights from a checkpoint (PlayItBack, encoder pretraining, or a bare/ImageNet MViTv2 state dict).
-
-    Args:
-        model: The plain model (not wrapped).
-        path: The checkpoint.
-        clear_name_patterns: Substrings removed from the checkpoint's keys (TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN).
-        strict: Require every weight of the model from the checkpoint (testing, prediction: a decoder or head left at
-            its random initialisation would give confident nonsense).
-
-    Returns:
-        (the checkpoint dict, the report of which model keys it filled).
-
-    Raises:
-        CheckpointError: No weight matches, or (strict) some are missing.
-    """
-    checkpoint = ckpt.load_checkpoint_file(path)
-    source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
-    mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
-    if not report.loaded:
-        raise ckpt.CheckpointError(
-            f"no weight of {path} matches this model (different architecture or class count?): {report.summary()}"
-        )
-    if strict and report.missing:
-        shown = ", ".join(report.missing[:5]) + (", ..." if len(report.missing) > 5 else "")
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} does not fit the model of this config: {len(report.missing)} of "
-            f"{len(model.state_dict())} weights are missing or have another shape ({shown}); pass the config the "
-            "checkpoint was trained with (the same MODEL.*, ENCODER.*, DECODER.* and class count), or "
-            "MODEL.ALLOW_RANDOM_WEIGHTS True to test with those weights random"
-        )
-    model.load_state_dict(mapped, strict=False)
-    logger.info("loaded weights from %s: %s", path, report.summary())
-    return checkpoint, report
 
 
 def count_parameters(model: nn.Module) -> dict[str, float]:
@@ -351,7 +314,7 @@ def _start_from_checkpoint(cfg: CfgNode, model: nn.Module, optimizer: torch.opti
     last; an encoder or MViTv2 checkpoint) gives weights only.
     """
     path = cfg.TRAIN.CHECKPOINT_FILE_PATH
-    checkpoint, report = load_weights(unwrap(model), path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
+    checkpoint, report = ckpt.load_weights(unwrap(model), path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN)
     if not ckpt.is_training_checkpoint(checkpoint):
         logger.info("%s is not a playitback training checkpoint: loaded its weights only; the optimiser, GradScaler, "
                     "schedule and epoch start fresh", path)
@@ -835,7 +798,7 @@ def test(cfg: CfgNode) -> dict[str, float]:
                                      "test random weights)")
         logger.warning("%s: testing randomly initialised weights (MODEL.ALLOW_RANDOM_WEIGHTS)", message)
     else:
-        load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN, strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
+        ckpt.load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN, strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
     model = wrap_model(cfg, model, device)
     task = build_task(cfg, model, device, train=False)
     test_set = build_dataset(cfg, "test", output_dir=Path(cfg.OUTPUT_DIR))
