@@ -137,7 +137,7 @@ _C.MODEL.COMPILE_BACKEND = "inductor"
 _C.MODEL.COMPILE_MODE = "default"
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Temporal saliency (slot attention), one module per playback.
+# Temporal saliency, one module per playback.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.SALIENCY = CfgNode()
 # Slots of the slot attention (slot 0 positive, slot 1 negative).
@@ -152,8 +152,9 @@ _C.SALIENCY.RESOLUTION = 0
 _C.SALIENCY.READOUT = "attention"
 # What the saliency reads: slots (the 2-slot attention over the encoder's tokens, trained by the pooling contrast of
 # MODEL.RANK_MARGIN) | evidence (a frame-level evidence head on the composite spectrogram's local features, trained by
-# multiple-instance learning on the clip labels). See docs/method.md.
-_C.SALIENCY.METHOD = "slots"
+# multiple-instance learning on the clip labels; the default: it is the variant that localises, docs/method.md
+# section 7). The dataset recipes of configs/ keep slots, the saliency the original's checkpoints hold.
+_C.SALIENCY.METHOD = "evidence"
 # MIL pooling of the evidence head over time: linear_softmax | autopool.
 _C.SALIENCY.MIL_POOLING = "linear_softmax"
 # Hidden width of the evidence head's per-frame features.
@@ -162,8 +163,9 @@ _C.SALIENCY.EVIDENCE_DIM = 64
 # to the event).
 _C.SALIENCY.EVIDENCE_FRAMES = 3
 # Share of each composite's frames to replay: a fixed budget (the most salient frames; a differentiable top-k in the
-# slots objective). 0: the frames above the per-sample mean saliency (the original).
-_C.SALIENCY.BUDGET = 0.0
+# slots objective). 0: the frames above the per-sample mean saliency (the original; what configs/_base_/common.yaml
+# sets).
+_C.SALIENCY.BUDGET = 0.15
 # Weight of the area prior (the saliency curve's mean should be SALIENCY.BUDGET).
 _C.SALIENCY.AREA_WEIGHT = 0.0
 # Weight of the contiguity prior (total variation of the saliency curve: few, long runs).
