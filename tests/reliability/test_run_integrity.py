@@ -40,13 +40,14 @@ def stage1(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_frozen_encoder_without_weights_is_refused(data: Path, stage1: Path, tmp_path: Path) -> None:
-    opts = run_opts(data, tmp_path / "random", epochs=1) + STRICT
+    frozen = ["MODEL.FREEZE_ENCODER", "True"]  # the dataset recipes' stage 2 (the demo's fine-tunes its encoder)
+    opts = run_opts(data, tmp_path / "random", epochs=1) + STRICT + frozen
     with pytest.raises(trainer.RandomWeightsError, match=r"MODEL.FREEZE_ENCODER is True but \d+ of \d+ encoder "
                                                          r"weights come from no checkpoint.*CHECKPOINT_FILE_PATH"):
         trainer.train(load_config(PLAYITBACK, opts))
     assert not ckpt.list_epoch_checkpoints(tmp_path / "random")
     # From the stage-1 checkpoint it trains.
-    trainer.train(load_config(PLAYITBACK, run_opts(data, tmp_path / "stage2", epochs=1) + STRICT
+    trainer.train(load_config(PLAYITBACK, run_opts(data, tmp_path / "stage2", epochs=1) + STRICT + frozen
                               + ["TRAIN.CHECKPOINT_FILE_PATH", str(stage1)]))
     assert metrics(tmp_path / "stage2", "train_epoch")
 
