@@ -153,7 +153,8 @@ def test_layer_decay_gives_each_encoder_layer_its_hand_computed_factor() -> None
     norm and head 1; everything after the encoder (saliency, decoder) 1. Weight decay still skips 1-D parameters."""
     from playitback.engine.trainer import build_training_optimizer
 
-    cfg, model = _tiny_playitback("SOLVER.LAYER_DECAY", "0.5")
+    # The slot saliency trains the encoder's head too (the evidence saliency freezes it: see below).
+    cfg, model = _tiny_playitback("SOLVER.LAYER_DECAY", "0.5", "SALIENCY.METHOD", "slots")
     optimizer = build_training_optimizer(cfg, model)
     set_lr(optimizer, 1.0)
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -167,6 +168,11 @@ def test_layer_decay_gives_each_encoder_layer_its_hand_computed_factor() -> None
         assert lr_of[id(param)] == pytest.approx(expected[prefix]), name
         assert wd_of[id(param)] == (0.0 if param.ndim <= 1 or name.endswith(".bias") else cfg.SOLVER.WEIGHT_DECAY)
     assert seen == set(expected)
+    # With the evidence saliency the encoder's head is frozen: it is in no group, every trainable parameter is.
+    cfg, model = _tiny_playitback("SOLVER.LAYER_DECAY", "0.5", "SALIENCY.METHOD", "evidence")
+    grouped = {id(p) for group in build_training_optimizer(cfg, model).param_groups for p in group["params"]}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not any(id(p) in grouped for p in model.encoder.head.parameters())
     # No decay (the default): one LR for every parameter, as before.
     cfg, model = _tiny_playitback()
     assert {group.get("lr_scale", 1.0) for group in build_training_optimizer(cfg, model).param_groups} == {1.0}
