@@ -53,10 +53,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from playitback.config import derived, load_config  # noqa: E402
-from playitback.engine.trainer import build_task  # noqa: E402
+from playitback.data.build import build_label_space  # noqa: E402
+from playitback.engine.build import build_loss, build_task  # noqa: E402
 from playitback.losses import labels_to_targets  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 from playitback.models.build import example_playbacks  # noqa: E402
+from playitback.models.output import ModelOutput  # noqa: E402
 from playitback.utils.flops import (  # noqa: E402
     StepFlops,
     count_flops,
@@ -247,14 +249,14 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
     """
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    loss_fn = build_task(cfg, model, device, train=False).loss_fn
+    loss_fn = build_loss(cfg, build_label_space(cfg))
     counts = derived.class_counts(cfg)
     playbacks = example_playbacks(cfg, batch, device)
     targets = labels_to_targets(torch.randint(0, counts[0], (batch,), device=device), counts, cfg.DATA.MULTI_LABEL)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     flops = per_sample_flops(model, playbacks)
 
-    def runs(net: Callable[[list[Tensor]], dict[str, Tensor]]) -> tuple[Callable[[], None], Callable[[], None]]:
+    def runs(net: Callable[[list[Tensor]], ModelOutput]) -> tuple[Callable[[], None], Callable[[], None]]:
         def forward() -> None:
             model.eval()
             with torch.inference_mode(), autocast:
@@ -264,8 +266,7 @@ def bench_config(cfg: CfgNode, batch: int, device: torch.device, amp_dtype: torc
             model.train()
             with autocast:
                 outputs = net(playbacks)
-            outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
-            loss_fn(outputs, targets)["loss"].backward()
+            loss_fn(outputs.float(), targets)["loss"].backward()
 
         return forward, forward_backward
 

@@ -6,7 +6,7 @@
 
 Prints one JSON line. For each config a dataset of generated clips in the demo layout (VGG-Sound annotations, WAV
 files at the config's sample rate, as long as its crops) is written into a temporary folder, and the config trains
-through the library's own loop, ``playitback.engine.trainer.train_one_epoch``, with its own dataset, loader, task,
+through the library's own loop, ``playitback.engine.loop.train_one_epoch``, with its own dataset, loader, task,
 optimiser and parameter groups, twice:
 
 * ``loader``: batches come from ``build_loader`` with ``--workers`` worker processes (as in a real run);
@@ -51,18 +51,17 @@ from bench.model import AMP_OPTS, bench_device, machine, per_sample_flops  # noq
 from playitback.config import load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
 from playitback.data.demo import make_demo_dataset  # noqa: E402
-from playitback.engine.trainer import (  # noqa: E402
-    StopRequest,
-    TrainState,
+from playitback.engine.build import (  # noqa: E402
     amp_dtype,
+    build_loop_settings,
+    build_lr_schedule,
     build_task,
     build_training_optimizer,
-    first_batches,
     select_device,
-    train_one_epoch,
-    unwrap,
     wrap_model,
 )
+from playitback.engine.loop import StopRequest, TrainState, first_batches, train_one_epoch  # noqa: E402
+from playitback.utils.distributed import unwrap_model  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 from playitback.models.build import example_playbacks  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
@@ -104,11 +103,12 @@ def run_steps(cfg: CfgNode, batches: Iterable[dict[str, Any]], device: torch.dev
     """Train a fresh model of `cfg` on `batches` (`iters` of them) with the library's loop; returns the step times."""
     torch.manual_seed(cfg.RNG_SEED)
     model = wrap_model(cfg, build_model(cfg), device)
-    optimizer = build_training_optimizer(cfg, unwrap(model))
+    optimizer = build_training_optimizer(cfg, unwrap_model(model))
     task = build_task(cfg, model, device, train=True)
     scaler = torch.amp.GradScaler(device.type, enabled=task.amp_dtype == torch.float16)
     recorder = StepRecorder()
-    train_one_epoch(cfg, task, batches, optimizer, scaler, TrainState(), iters, recorder, StopRequest(), [])
+    train_one_epoch(task, batches, optimizer, scaler, build_lr_schedule(cfg), TrainState(), iters,
+                    build_loop_settings(cfg), recorder, StopRequest(), [])
     return recorder
 
 

@@ -96,19 +96,20 @@ def analyse_crops(cfg: CfgNode, model: nn.Module, crops: Tensor, starts_s: list[
     playbacks = pyramid(crops.to(device), valid)
     outputs = model(playbacks)
     counts = derived.class_counts(cfg)
-    probs = probabilities(outputs["logits"].float(), counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
+    outputs = outputs.float()
+    probs = probabilities(outputs.logits, counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
     duration = crops.shape[1] / cfg.AUDIO_DATA.SAMPLING_RATE
     frames0 = playbacks[0].shape[1]
-    segments = (replayed_seconds(outputs["frame_times"], outputs["replay_masks"],
+    segments = (replayed_seconds(outputs.frame_times, outputs.replay_masks,
                                  derived.playback_hop(cfg, 0) / cfg.AUDIO_DATA.SAMPLING_RATE, list(starts_s))
-                if "replay_masks" in outputs else [[] for _ in starts_s])
-    saliency = (saliency_on_playback0_frames(outputs["saliency"].float().cpu(), outputs["frame_times"].float().cpu())
-                if "saliency" in outputs else np.zeros((len(starts_s), 0, frames0), dtype=np.float32))
+                if outputs.has_replay else [[] for _ in starts_s])
+    saliency = (saliency_on_playback0_frames(outputs.saliency.cpu(), outputs.frame_times.cpu())
+                if outputs.saliency is not None else np.zeros((len(starts_s), 0, frames0), dtype=np.float32))
     results = []
     for b, start in enumerate(starts_s):
         results.append(CropAnalysis(
             start_s=start, duration_s=duration, probabilities=probs[b],
-            logits=outputs["logits"][b].float().cpu().numpy(), features=outputs["features"][b].float().cpu().numpy(),
+            logits=outputs.logits[b].cpu().numpy(), features=outputs.features[b].cpu().numpy(),
             spectrogram=playbacks[0][b].float().cpu().numpy(), saliency=saliency[b], segments=segments[b],
         ))
     return results

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from playitback.data.labels import LabelSpace
+from playitback.models.output import ModelOutput
+
 
 def labels_to_targets(labels: Tensor, class_counts: Sequence[int], multi_label: bool) -> Tensor:
     """Dataset labels -> float targets [B, K].
@@ -106,19 +109,19 @@ class PlayItBackLoss(nn.Module):
     L(logits).
 
     The saliency objective is the one the model's saliency produced inputs for: the pooling contrast of
-    :func:`saliency_loss` ("pos_logits", "neg_logits") or the MIL objective of :func:`evidence_loss`
-    ("evidence_probs"). With ``area_weight`` or ``contiguity_weight`` the priors of :func:`saliency_priors` on
-    "saliency" are added.
+    :func:`saliency_loss` (``pos_logits``, ``neg_logits``) or the MIL objective of :func:`evidence_loss`
+    (``evidence_probs``). With ``area_weight`` or ``contiguity_weight`` the priors of :func:`saliency_priors` on
+    ``saliency`` are added.
 
     Returns a dict of scalar tensors: "loss" (the total to back-propagate) and every term.
     """
 
-    def __init__(self, class_counts: Sequence[int], multi_label: bool, aux_weight: float = 0.1,
-                 rank_weight: float = 0.1, rank_margin: float = 0.05, area_weight: float = 0.0,
-                 contiguity_weight: float = 0.0, budget: float = 0.0) -> None:
+    def __init__(self, label_space: LabelSpace, aux_weight: float = 0.1, rank_weight: float = 0.1,
+                 rank_margin: float = 0.05, area_weight: float = 0.0, contiguity_weight: float = 0.0,
+                 budget: float = 0.0) -> None:
         super().__init__()
-        self.class_counts = list(class_counts)
-        self.multi_label = multi_label
+        self.class_counts = list(label_space.class_counts)
+        self.multi_label = label_space.multi_label
         self.aux_weight = aux_weight
         self.rank_weight = rank_weight
         self.rank_margin = rank_margin
@@ -126,24 +129,29 @@ class PlayItBackLoss(nn.Module):
         self.contiguity_weight = contiguity_weight
         self.budget = budget
 
-    def forward(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-        """outputs: the model's dict ("logits" [B, K], and for PlayItBack "playback_logits" [S, B, K], "saliency"
-        [B, S, T0] and the saliency objective's inputs); targets [B, K]."""
-        fused = classification_loss(outputs["logits"], targets, self.class_counts, self.multi_label)
-        if "playback_logits" not in outputs:
+    def forward(self, outputs: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
+        """outputs: the model's (logits [B, K]; for PlayItBack also playback_logits [S, B, K], saliency [B, S, T0]
+        and the saliency objective's inputs); targets [B, K]."""
+        fused = classification_loss(outputs.logits, targets, self.class_counts, self.multi_label)
+        if outputs.playback_logits is None:
             return {"loss": fused, "loss_fused": fused}
         aux = torch.stack([
-            classification_loss(z, targets, self.class_counts, self.multi_label) for z in outputs["playback_logits"]
+            classification_loss(z, targets, self.class_counts, self.multi_label) for z in outputs.playback_logits
         ]).sum()
-        if "evidence_probs" in outputs:
-            rank = evidence_loss(outputs["evidence_probs"], targets)
-        else:
-            rank = saliency_loss(outputs["pos_logits"], outputs["neg_logits"], targets, self.class_counts,
+        if outputs.evidence_probs is not None:
+            rank = evidence_loss(outputs.evidence_probs, targets)
+        elif outputs.pos_logits is not None and outputs.neg_logits is not None:
+            rank = saliency_loss(outputs.pos_logits, outputs.neg_logits, targets, self.class_counts,
                                  self.multi_label, self.rank_margin)
+        else:
+            raise ValueError("a model with playback_logits must give its saliency objective's inputs: "
+                             "evidence_probs, or pos_logits and neg_logits")
         total = fused + self.aux_weight * aux + self.rank_weight * rank
         terms = {"loss_fused": fused, "loss_aux": aux, "loss_saliency": rank}
         if self.area_weight or self.contiguity_weight:
-            area, contiguity = saliency_priors(outputs["saliency"], self.budget)
+            if outputs.saliency is None:
+                raise ValueError("the saliency priors (area_weight, contiguity_weight) need the model's saliency")
+            area, contiguity = saliency_priors(outputs.saliency, self.budget)
             total = total + self.area_weight * area + self.contiguity_weight * contiguity
             terms.update(loss_area=area, loss_contiguity=contiguity)
         return {"loss": total, **terms}

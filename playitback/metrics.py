@@ -20,6 +20,8 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
+from playitback.data.labels import LabelSpace
+
 logger = logging.getLogger(__name__)
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -296,50 +298,49 @@ def action_topk(
     return {k: (rank < k).double().mean().item() * 100.0 for k in ks}
 
 
-def classification_metrics(
-    scores: ArrayLike, labels: ArrayLike, class_counts: Sequence[int], multi_label: bool
-) -> dict[str, float]:
+def classification_metrics(scores: ArrayLike, labels: ArrayLike, label_space: LabelSpace) -> dict[str, float]:
     """All metrics of a validation or test set; the one entry point the engine uses.
 
     * One task, single-label (VGG-Sound): ``top1_acc``, ``top5_acc``, plus ``mAP``, ``AUC``, ``dprime`` over one-hot
       labels, as the original VGG-Sound evaluation.
     * One task, multi-label (AudioSet): ``mAP``, ``AUC``, ``dprime`` and ``top1_acc`` (share of samples whose top-1
       class is a positive).
-    * Two tasks (EPIC-KITCHENS verb, noun): ``verb_top1_acc``, ``verb_top5_acc``, ``noun_top1_acc``,
-      ``noun_top5_acc``, ``action_top1_acc``, ``action_top5_acc``.
+    * Two tasks (EPIC-KITCHENS verb, noun): ``<task>_top1_acc``, ``<task>_top5_acc`` for each task (named by
+      ``label_space.task_names``) and ``action_top1_acc``, ``action_top5_acc`` (the pair, :func:`action_topk`).
 
     Everything is in percent except ``dprime``. Classes absent from the labels are skipped for mAP (no positive) and
     AUC (no positive or no negative), so a small split averages over fewer classes than the model has.
 
     Args:
-        scores: Scores, shape [N, C] with C = sum(class_counts) (tasks concatenated in order).
-        labels: Class indices [N] (single-label), multi-hot [N, C] (multi-label) or class indices per task [N, T].
-        class_counts: Classes per task, e.g. [309] or [97, 300].
-        multi_label: Whether ``labels`` are multi-hot.
+        scores: Scores, shape [N, K] with K = label_space.num_outputs (tasks concatenated in order).
+        labels: Class indices [N] (single-label), multi-hot [N, K] (multi-label) or class indices per task [N, T].
+        label_space: The tasks, their classes and whether labels are multi-hot.
 
     Returns:
         Metric name -> value.
     """
+    class_counts, multi_label = label_space.class_counts, label_space.multi_label
     scores_t, labels_t = _as_tensor(scores).float(), _as_tensor(labels)
     if scores_t.ndim != 2 or scores_t.shape[1] != sum(class_counts):
         raise ValueError(
             f"scores must be [N, {sum(class_counts)}] for class_counts {list(class_counts)}, "
             f"got {tuple(scores_t.shape)}"
         )
-    if len(class_counts) == 2:
-        if multi_label or labels_t.ndim != 2 or labels_t.shape[1] != 2:
+    if label_space.num_tasks > 2:
+        raise ValueError(f"metrics are defined for one task or a pair of tasks, got {list(label_space.task_names)}")
+    if label_space.num_tasks == 2:
+        if labels_t.ndim != 2 or labels_t.shape[1] != 2:
             raise ValueError(
-                f"two tasks (verb, noun) need single-label class indices of shape [N, 2], got {tuple(labels_t.shape)}"
+                f"two tasks ({', '.join(label_space.task_names)}) need class indices of shape [N, 2], got "
+                f"{tuple(labels_t.shape)}"
             )
-        verb, noun = scores_t.split(list(class_counts), dim=1)
+        first, second = scores_t.split(list(class_counts), dim=1)
         out = {}
-        for name, task_scores, task_labels in (("verb", verb, labels_t[:, 0]), ("noun", noun, labels_t[:, 1])):
+        for name, task_scores, task_labels in zip(label_space.task_names, (first, second), labels_t.unbind(1)):
             out.update({f"{name}_top{k}_acc": v for k, v in topk_accuracy(task_scores, task_labels).items()})
-        action = action_topk(verb, noun, labels_t[:, 0], labels_t[:, 1])
+        action = action_topk(first, second, labels_t[:, 0], labels_t[:, 1])
         out.update({f"action_top{k}_acc": v for k, v in action.items()})
         return out
-    if len(class_counts) != 1:
-        raise ValueError(f"class_counts must name one task or two (verb, noun), got {list(class_counts)}")
     if multi_label:
         targets = labels_t
         if targets.shape != scores_t.shape:

@@ -90,9 +90,9 @@ def test_playitback_train_forward_and_backward_compile_and_match_eager(saliency:
 
     def gradients(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         model.zero_grad(set_to_none=True)
-        objective = (outputs["evidence_probs"].mean() if "evidence_probs" in outputs else
-                     outputs["pos_logits"].mean() - outputs["neg_logits"].mean())
-        (outputs["logits"].square().mean() + objective).backward()
+        objective = (outputs.evidence_probs.mean() if outputs.evidence_probs is not None else
+                     outputs.pos_logits.mean() - outputs.neg_logits.mean())
+        (outputs.logits.square().mean() + objective).backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     compiled_grads = gradients(compiled_out)

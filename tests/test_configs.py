@@ -9,7 +9,9 @@ import torch
 
 from playitback.config import ConfigError, derived, load_config
 from playitback.config.defaults import ENCODER_VARIANTS, get_cfg
-from playitback.losses import PlayItBackLoss, labels_to_targets
+from playitback.data.build import build_label_space
+from playitback.engine.build import build_loss
+from playitback.losses import labels_to_targets
 from playitback.models import EncoderClassifier, PlayItBack, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,9 +79,8 @@ def test_shipped_config_runs_at_tiny_size(path: Path) -> None:
         labels = torch.randint(0, counts[0], (batch,))
     model.train()
     outputs = model(playbacks)
-    assert outputs["logits"].shape == (batch, sum(counts))
-    losses = PlayItBackLoss(counts, cfg.DATA.MULTI_LABEL)(outputs, labels_to_targets(labels, counts,
-                                                                                       cfg.DATA.MULTI_LABEL))
+    assert outputs.logits.shape == (batch, sum(counts))
+    losses = build_loss(cfg, build_label_space(cfg))(outputs, labels_to_targets(labels, counts, cfg.DATA.MULTI_LABEL))
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
     # An all-zero gradient is as dead as a missing one (a detached path, a mask that blocks everything).

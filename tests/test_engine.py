@@ -190,7 +190,7 @@ class _AutocastProbe(torch.nn.Module):
 @pytest.mark.parametrize("train_amp, test_amp", [(True, True), (True, False), (False, True)])
 def test_training_and_evaluation_autocast_follow_their_own_switch(train_amp: bool, test_amp: bool) -> None:
     from playitback.config import load_config
-    from playitback.engine.trainer import build_task
+    from playitback.engine.build import build_task
 
     cfg = load_config(PLAYITBACK, ["NUM_GPUS", "0", "TRAIN.MIXED_PRECISION", str(train_amp), "TEST.MIXED_PRECISION",
                                    str(test_amp), "TRAIN.AMP_DTYPE", "bfloat16", "MIXUP.ENABLE", "False",

@@ -14,7 +14,7 @@ from engine_utils import REPO, TINY_MODEL
 from playitback.config import load_config
 from playitback.data.audio_io import AudioRateError
 from playitback.data.build import build_dataset
-from playitback.engine.trainer import build_task
+from playitback.engine.build import build_task
 from playitback.models import build_model
 
 # (video, seconds of audio, actions (start, stop)): the last action of each video ends near its end, as in EPIC.

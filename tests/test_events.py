@@ -127,8 +127,8 @@ def test_replay_events_replace_the_salient_frames(monkeypatch: pytest.MonkeyPatc
         model.replay_source = "saliency"
         monkeypatch.setattr(playitback_module, "saliency_mask", lambda saliency, budget=0.0: masks)
         reference = model(playbacks)
-    assert torch.equal(given["replay_masks"], masks[:, None])
-    assert torch.equal(given["logits"], reference["logits"])
+    assert torch.equal(given.replay_masks, masks[:, None])
+    assert torch.equal(given.logits, reference.logits)
     with pytest.raises(ValueError, match="replay_masks must be given exactly when replay_source is 'events'"):
         model(playbacks, replay_masks=masks)
 

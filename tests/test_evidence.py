@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from playitback.data.labels import LabelSpace
 from playitback.losses import PlayItBackLoss, evidence_loss, saliency_priors
 from playitback.models.evidence import FrameEvidence, mil_pool
+from playitback.models.output import ModelOutput
 from playitback.models.saliency import saliency_mask, selection_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,15 +144,15 @@ def test_loss_terms_by_hand() -> None:
 def test_playitback_loss_picks_the_objective_and_adds_the_priors() -> None:
     targets = torch.tensor([[0.0, 1.0, 0.0]])
     logits = torch.tensor([[0.2, 1.0, -0.5]])
-    outputs = {"logits": logits, "playback_logits": logits[None].expand(2, -1, -1),
-               "evidence_probs": torch.tensor([[[0.2, 0.7, 0.1]]]).expand(2, -1, -1),
-               "saliency": torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])}
-    loss = PlayItBackLoss([3], multi_label=False, aux_weight=0.1, rank_weight=0.5, area_weight=2.0,
+    outputs = ModelOutput(logits, torch.zeros(1, 4), playback_logits=logits[None].expand(2, -1, -1),
+                          evidence_probs=torch.tensor([[[0.2, 0.7, 0.1]]]).expand(2, -1, -1),
+                          saliency=torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
+    loss = PlayItBackLoss(LabelSpace((3,)), aux_weight=0.1, rank_weight=0.5, area_weight=2.0,
                           contiguity_weight=3.0, budget=0.5)
     terms = loss(outputs, targets)
     ce = F.cross_entropy(logits, torch.tensor([1]))
-    area, contiguity = saliency_priors(outputs["saliency"], 0.5)
-    want = ce + 0.1 * 2 * ce + 0.5 * evidence_loss(outputs["evidence_probs"], targets) + 2 * area + 3 * contiguity
+    area, contiguity = saliency_priors(outputs.saliency, 0.5)
+    want = ce + 0.1 * 2 * ce + 0.5 * evidence_loss(outputs.evidence_probs, targets) + 2 * area + 3 * contiguity
     assert torch.allclose(terms["loss"], want)
     assert set(terms) == {"loss", "loss_fused", "loss_aux", "loss_saliency", "loss_area", "loss_contiguity"}
 
@@ -171,8 +173,8 @@ def test_playitback_with_evidence_trains_every_trainable_parameter(freeze: bool)
     model = build_model(cfg).train()
     playbacks = [torch.randn(3, 16 * (i + 1), 128) for i in range(3)]
     outputs = model(playbacks)
-    assert outputs["replay_masks"].sum(-1).tolist() == [[4, 4]] * 3  # 0.25 of 16 frames
-    loss = PlayItBackLoss([4], multi_label=False)(outputs, F.one_hot(torch.tensor([0, 1, 3]), 4).float())["loss"]
+    assert outputs.replay_masks.sum(-1).tolist() == [[4, 4]] * 3  # 0.25 of 16 frames
+    loss = PlayItBackLoss(LabelSpace((4,)))(outputs, F.one_hot(torch.tensor([0, 1, 3]), 4).float())["loss"]
     loss.backward()
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), [

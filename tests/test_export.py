@@ -43,7 +43,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _reference(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
-        logits = model(list(inputs))["logits"]
+        logits = model(list(inputs)).logits
     return logits.numpy(), logits.softmax(-1).numpy()
 
 

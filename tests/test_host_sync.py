@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from playitback.config import derived, load_config
-from playitback.engine.trainer import build_task
+from playitback.engine.build import build_task
 from playitback.models import build_model
 
 from test_configs import SHIPPED, TINY
@@ -51,7 +51,7 @@ def test_training_and_eval_steps_never_read_device_values(path: Path) -> None:
     model.train()
     outputs, losses, targets = task.step(batch, train=True)
     losses["loss"].backward()
-    assert targets.device == META and outputs["logits"].shape == (2, sum(derived.class_counts(cfg)))
+    assert targets.device == META and outputs.logits.shape == (2, sum(derived.class_counts(cfg)))
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.eval()
     with torch.no_grad():

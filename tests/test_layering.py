@@ -21,7 +21,8 @@ RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in pac
 # Modules whose layer is not their package's: utils.cli holds the command-line tools' helpers, which load configs.
 MODULE_LAYER = {"playitback.utils.cli": "inference"}
 # The engine modules that make up training (the loop and what only it needs).
-TRAINING_LOOP = {"playitback.engine.trainer"}
+TRAINING_LOOP = {"playitback.engine.trainer", "playitback.engine.loop", "playitback.engine.build",
+                 "playitback.engine.checkpointer", "playitback.engine.evaluate"}
 
 
 def _module_name(path: Path) -> str:

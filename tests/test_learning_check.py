@@ -15,26 +15,27 @@ from engine_utils import make_tiny_dataset, metrics, run_net, run_opts
 from sklearn.metrics import log_loss
 
 from playitback.data.annotations import read_annotations, write_records_csv
+from playitback.data.labels import LabelSpace
 from playitback.engine.learning_check import NotLearningCheck, chance_loss
 
 
 def test_chance_loss_is_the_loss_of_predicting_the_prior() -> None:
-    assert chance_loss([(k,) for k in range(16)] * 3, [16], False) == pytest.approx(math.log(16))
+    assert chance_loss([(k,) for k in range(16)] * 3, LabelSpace((16,))) == pytest.approx(math.log(16))
     labels = [0] * 6 + [1] * 3 + [2]
     prior = np.bincount(labels) / len(labels)
-    assert chance_loss([(y,) for y in labels], [3], False) == pytest.approx(
+    assert chance_loss([(y,) for y in labels], LabelSpace((3,))) == pytest.approx(
         log_loss(labels, np.tile(prior, (len(labels), 1))))
     # Several tasks: the mean over the heads, as the loss averages them.
     verbs, nouns = [0, 1, 1, 1], [2, 2, 0, 1]
     expected = np.mean([log_loss(v, np.tile(np.bincount(v) / 4, (4, 1))) for v in (verbs, nouns)])
-    assert chance_loss(list(zip(verbs, nouns)), [2, 3], False) == pytest.approx(expected)
+    assert chance_loss(list(zip(verbs, nouns)), LabelSpace((2, 3), task_names=("verb", "noun"))) == pytest.approx(expected)
     # Multi-label: binary cross-entropy of the class frequencies, averaged over classes (class 3 never occurs).
     positives = [(0, 1), (0,), (2,), (0, 2)]
     hot = torch.zeros(4, 4)
     for row, ids in enumerate(positives):
         hot[row, list(ids)] = 1
     frequency = hot.mean(0, keepdim=True).expand(4, -1)
-    assert chance_loss(positives, [4], True) == pytest.approx(float(F.binary_cross_entropy(frequency, hot)), rel=1e-6)
+    assert chance_loss(positives, LabelSpace((4,), multi_label=True)) == pytest.approx(float(F.binary_cross_entropy(frequency, hot)), rel=1e-6)
 
 
 def test_check_fires_once_after_the_patience_and_only_near_chance() -> None:

@@ -19,7 +19,7 @@ from engine_utils import TINY_MODEL
 from playitback.config import load_config
 from playitback.data.build import build_dataset, build_loader
 from playitback.data.demo import make_demo_dataset
-from playitback.engine.trainer import build_task
+from playitback.engine.build import build_task
 from playitback.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,6 @@ def test_the_demo_encoder_learns_and_generalises(demo: Path, one_thread: None) -
     model.eval()
     with torch.no_grad():
         outputs, test_loss, targets = build_task(cfg, model, torch.device("cpu"), train=False).step(test, train=False)
-    accuracy = (outputs["logits"].argmax(1) == targets.argmax(1)).float().mean().item()
+    accuracy = (outputs.logits.argmax(1) == targets.argmax(1)).float().mean().item()
     assert len(targets) == 64 and accuracy > 0.25 + 0.125, accuracy
     assert test_loss["loss"].item() < CHANCE_LOSS

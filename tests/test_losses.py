@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from playitback.data.labels import LabelSpace
 from playitback.losses import (
     PlayItBackLoss,
     classification_loss,
@@ -14,6 +15,7 @@ from playitback.losses import (
     saliency_loss,
     true_class_score,
 )
+from playitback.models.output import ModelOutput
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -81,15 +83,16 @@ def test_saliency_loss_is_the_positive_classification_plus_the_hinge() -> None:
 
 def test_playitback_loss_weighs_its_terms() -> None:
     pos, neg, targets = _saliency_inputs()
-    outputs = {
-        "logits": torch.tensor([[LN3, 0.0]]),                         # -ln 3/4
-        "playback_logits": torch.tensor([[[0.0, 0.0]], [[LN3, 0.0]]]),  # -ln 1/2 and -ln 3/4, summed
-        "pos_logits": pos, "neg_logits": neg,
-    }
-    losses = PlayItBackLoss([2], False, aux_weight=0.2, rank_weight=0.5, rank_margin=0.05)(outputs, targets)
+    outputs = ModelOutput(
+        logits=torch.tensor([[LN3, 0.0]]),                         # -ln 3/4
+        features=torch.zeros(1, 4),
+        playback_logits=torch.tensor([[[0.0, 0.0]], [[LN3, 0.0]]]),  # -ln 1/2 and -ln 3/4, summed
+        pos_logits=pos, neg_logits=neg,
+    )
+    losses = PlayItBackLoss(LabelSpace((2,)), aux_weight=0.2, rank_weight=0.5, rank_margin=0.05)(outputs, targets)
     fused, aux, rank = math.log(4 / 3), LN2 + math.log(4 / 3), (math.log(4 / 3) + LN2 + 0.3) / 2
     assert {k: v.item() for k, v in losses.items()} == pytest.approx(
         {"loss": fused + 0.2 * aux + 0.5 * rank, "loss_fused": fused, "loss_aux": aux, "loss_saliency": rank})
     # The encoder alone has only the fused term.
-    alone = PlayItBackLoss([2], False)({"logits": outputs["logits"]}, targets)
+    alone = PlayItBackLoss(LabelSpace((2,)))(ModelOutput(outputs.logits, outputs.features), targets)
     assert {k: v.item() for k, v in alone.items()} == pytest.approx({"loss": fused, "loss_fused": fused})

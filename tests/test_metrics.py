@@ -10,6 +10,7 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from playitback.data.labels import LabelSpace
 from playitback.metrics import (
     ViewEnsemble,
     action_topk,
@@ -138,7 +139,7 @@ def test_classification_metrics_single_label_matches_references() -> None:
     labels = np.arange(40) % 8
     scores = rng.normal(size=(40, 8))
     scores[np.arange(40), labels] += 1.0
-    out = classification_metrics(torch.from_numpy(scores), torch.from_numpy(labels), [8], multi_label=False)
+    out = classification_metrics(torch.from_numpy(scores), torch.from_numpy(labels), LabelSpace((8,)))
     one_hot = np.eye(8)[labels]
     auc = np.mean([roc_auc_score(one_hot[:, c], scores[:, c]) for c in range(8)])
     assert set(out) == {"top1_acc", "top5_acc", "mAP", "AUC", "dprime"}
@@ -151,7 +152,7 @@ def test_classification_metrics_single_label_matches_references() -> None:
 def test_classification_metrics_multi_label_top1_is_positive_rate() -> None:
     targets = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch.float32)
     scores = torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1], [0.0, 0.1, 0.7]])
-    out = classification_metrics(scores, targets, [3], multi_label=True)
+    out = classification_metrics(scores, targets, LabelSpace((3,), multi_label=True))
     assert set(out) == {"top1_acc", "mAP", "AUC", "dprime"}
     assert out["top1_acc"] == pytest.approx(200 / 3)
     assert out["mAP"] == pytest.approx(100 * average_precision_score(targets.numpy(), scores.numpy(), average="macro"))
@@ -162,13 +163,13 @@ def test_classification_metrics_epic_two_tasks() -> None:
     n = 30
     verb, noun = rng.normal(size=(n, 5)), rng.normal(size=(n, 6))
     labels = np.stack([rng.integers(0, 5, n), rng.integers(0, 6, n)], axis=1)
-    out = classification_metrics(torch.from_numpy(np.concatenate([verb, noun], 1)), torch.from_numpy(labels), [5, 6],
-                                 multi_label=False)
+    epic = LabelSpace((5, 6), task_names=("verb", "noun"))
+    out = classification_metrics(torch.from_numpy(np.concatenate([verb, noun], 1)), torch.from_numpy(labels), epic)
     assert out["verb_top1_acc"] == pytest.approx(100 * np.mean(verb.argmax(1) == labels[:, 0]))
     assert out["noun_top1_acc"] == pytest.approx(100 * np.mean(noun.argmax(1) == labels[:, 1]))
     assert out["action_top5_acc"] == pytest.approx(_brute_force_action_topk(verb, noun, labels[:, 0], labels[:, 1], 5))
     with pytest.raises(ValueError, match=r"scores must be \[N, 11\]"):
-        classification_metrics(torch.zeros(n, 10), torch.from_numpy(labels), [5, 6], multi_label=False)
+        classification_metrics(torch.zeros(n, 10), torch.from_numpy(labels), epic)
 
 
 def test_view_ensemble_sum_and_max_match_numpy() -> None:
@@ -224,3 +225,18 @@ def test_view_ensemble_rejects_duplicates_and_inconsistent_labels() -> None:
         ens.add(torch.tensor([0]), torch.tensor([1]), torch.zeros(1, 1), torch.tensor([4]))
     with pytest.raises(ValueError, match=r"views of clips \[1\] carry different labels"):
         ens.add(torch.tensor([1, 1]), torch.tensor([0, 1]), torch.zeros(2, 1), torch.tensor([2, 5]))
+
+
+def test_task_names_come_from_the_label_space_not_from_a_class_count() -> None:
+    """Any pair of tasks gets per-task and joint ("action") accuracies under its own names; the joint top-1 is the
+    share of clips with both tasks right (hand-computed)."""
+    scores = torch.tensor([[2.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    labels = torch.tensor([[0, 1], [1, 1], [0, 0]])  # task a right on all 3, task b right on clips 0 and 2
+    out = classification_metrics(scores, labels, LabelSpace((2, 2), task_names=("instrument", "room")))
+    assert out["instrument_top1_acc"] == pytest.approx(100.0)
+    assert out["room_top1_acc"] == pytest.approx(200 / 3)
+    assert out["action_top1_acc"] == pytest.approx(200 / 3)
+    assert "verb_top1_acc" not in out
+    assert LabelSpace((2, 2), task_names=("a", "b")).primary_metric(out) == out["action_top1_acc"]
+    assert LabelSpace((4,), multi_label=True).primary_metric_name == "mAP"
+    assert LabelSpace((4,)).primary_metric_name == "top1_acc"

@@ -151,7 +151,7 @@ def _tiny_playitback(*opts: str):
 def test_layer_decay_gives_each_encoder_layer_its_hand_computed_factor() -> None:
     """MAE/MViTv2 fine-tuning: with decay d and D blocks, the patch embedding gets d^(D+1), block i d^(D-i), the final
     norm and head 1; everything after the encoder (saliency, decoder) 1. Weight decay still skips 1-D parameters."""
-    from playitback.engine.trainer import build_training_optimizer
+    from playitback.engine.build import build_training_optimizer
 
     # The slot saliency trains the encoder's head too (the evidence saliency freezes it: see below).
     cfg, model = _tiny_playitback("SOLVER.LAYER_DECAY", "0.5", "SALIENCY.METHOD", "slots")

@@ -72,7 +72,7 @@ def _reference_window_probs(setup: dict, path: Path, starts_s: list[float]) -> n
                 last = len(piece) // round(16000 / (32 * (i + 1)))
                 playback[0, last + 1:] = playback[0, last]
         with torch.no_grad():
-            probs.append(model(playbacks)["logits"].softmax(-1)[0].numpy())
+            probs.append(model(playbacks).logits.softmax(-1)[0].numpy())
     return np.array(probs)
 
 

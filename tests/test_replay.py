@@ -291,12 +291,12 @@ def test_playitback_composites_show_their_frame_times(replays: int, replay_sourc
         events[b, b % 10: b % 10 + 1 + b % 5] = True
     with torch.no_grad():
         out = model(playbacks, replay_masks=events) if replay_source == "events" else model(playbacks)
-    composites, times = out["composites"], out["frame_times"]
+    composites, times = out.composites, out.frame_times
     assert composites.shape == (batch, replays + 1, frames0, 128) and times.shape == (batch, replays + 1, frames0)
     torch.testing.assert_close(composites[..., 0], times, rtol=0, atol=1e-5)
     assert torch.equal(composites[:, 0], playbacks[0])
     assert (times.diff(dim=-1) >= 0).all()
-    masks = out["replay_masks"]
+    masks = out.replay_masks
     assert masks.any(-1).all()  # every sample replays something at every playback
     if replay_source == "events":
         # At every playback the replayed frames are those whose source time is nearest an event frame.
@@ -307,7 +307,7 @@ def test_playitback_composites_show_their_frame_times(replays: int, replay_sourc
         # As long as the salient frames would be, at a random place.
         from playitback.models.saliency import saliency_mask
 
-        assert torch.equal(masks.sum(-1), saliency_mask(out["saliency"][:, :replays].flatten(0, 1), model.budget).sum(-1)
+        assert torch.equal(masks.sum(-1), saliency_mask(out.saliency[:, :replays].flatten(0, 1), model.budget).sum(-1)
                            .view(batch, replays))
 
 
@@ -316,6 +316,6 @@ def test_no_replay_re_reads_playback_zero() -> None:
     playbacks = [torch.randn(3, 16 * (i + 1), 128) for i in range(3)]
     with torch.no_grad():
         out = model(playbacks)
-    assert not out["replay_masks"].any()
-    assert torch.equal(out["composites"], playbacks[0][:, None].expand(-1, 3, -1, -1))
-    assert torch.equal(out["frame_times"], torch.arange(16.0).expand(3, 3, 16))
+    assert not out.replay_masks.any()
+    assert torch.equal(out.composites, playbacks[0][:, None].expand(-1, 3, -1, -1))
+    assert torch.equal(out.frame_times, torch.arange(16.0).expand(3, 3, 16))

@@ -14,9 +14,9 @@ from sklearn.metrics import average_precision_score
 
 from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
 from playitback.data.records import ClipRecord
+from playitback.data.labels import LabelSpace
 from playitback.engine.reproducibility import (
     audio_coverage,
-    task_class_names,
     write_clip_ids,
     write_per_class_csv,
 )
@@ -48,12 +48,12 @@ def test_clip_lists_and_the_per_class_table_of_two_heads(tmp_path: Path) -> None
     records = [ClipRecord(uid="P01_01_0", source="P01_01", labels=(1, 0), label_names=("take", "cup")),
                ClipRecord(uid="P01_01_1", source="P01_01", labels=(0, 1), label_names=("open", "door"))]
     assert write_clip_ids(tmp_path, "test", records).read_text() == "P01_01_0\nP01_01_1\n"
-    names = task_class_names(records, [3, 2], multitask=True)
-    assert names == [["open", "take", "2"], ["cup", "door"]]
+    space = LabelSpace((3, 2), task_names=("verb", "noun")).named_from(records)
+    assert space.class_names == (("open", "take", "2"), ("cup", "door"))
     rng = np.random.default_rng(0)
     labels = np.stack([rng.integers(0, 2, 40), rng.integers(0, 2, 40)], axis=1)  # verb class 2 never occurs
     scores = rng.normal(size=(40, 5))
-    path = write_per_class_csv(tmp_path / "per_class.csv", scores, labels, [3, 2], False, names, ("verb", "noun"))
+    path = write_per_class_csv(tmp_path / "per_class.csv", scores, labels, space)
     rows = list(csv.DictReader(path.open()))
     assert [(r["task"], r["class_id"], r["class_name"]) for r in rows] == [
         ("verb", "0", "open"), ("verb", "1", "take"), ("verb", "2", "2"), ("noun", "0", "cup"), ("noun", "1", "door")]

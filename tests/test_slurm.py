@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from playitback.config import load_config
-from playitback.engine.trainer import StopRequest
+from playitback.engine.loop import StopRequest
 from playitback.utils.distributed import ProcessInfo, launcher_process_info
 
 REPO = Path(__file__).resolve().parents[1]

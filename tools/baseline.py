@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from playitback.config import derived
+from playitback.data.build import build_label_space
 from playitback.data.statistics import clip_statistics
 from playitback.metrics import classification_metrics
 from playitback.utils.cli import config_tool_parser, load_tool_config
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     extracted = time.perf_counter()
     counts = derived.class_counts(cfg)
     scores, picked = fit_and_score(train_x, _labels(train_records, cfg), test_x, counts, cfg.DATA.MULTI_LABEL)
-    metrics = classification_metrics(scores, _labels(test_records, cfg), counts, cfg.DATA.MULTI_LABEL)
+    metrics = classification_metrics(scores, _labels(test_records, cfg), build_label_space(cfg))
     result = {"split": "baseline_test", "features": "log-mel band mean+std", "train_clips": len(train_records),
               "test_clips": len(test_records), "C": picked, **metrics,
               "features_s": round(extracted - began, 1), "fit_s": round(time.perf_counter() - extracted, 1)}

@@ -57,7 +57,7 @@ class ExportedModel(nn.Module):
 
     def forward(self, *playbacks: Tensor) -> tuple[Tensor, Tensor]:
         """playbacks: S tensors [B, T0 * (i + 1), F] -> logits [B, K] and probabilities [B, K]."""
-        logits = self.model(list(playbacks))["logits"]
+        logits = self.model(list(playbacks)).logits
         return logits, probabilities(logits, self.class_counts, self.multi_label)
 
 

@@ -23,6 +23,9 @@ _C.TRAIN.ENABLE = True
 _C.TRAIN.DATASET = "vggsound"
 # Total batch size over all processes (per process: BATCH_SIZE / world size).
 _C.TRAIN.BATCH_SIZE = 64
+# Loader batches per optimiser step: each process reads BATCH_SIZE / (world size x ACCUMULATION_STEPS) clips at a
+# time and the gradient is their mean, so a global batch larger than the devices hold trains as one batch would.
+_C.TRAIN.ACCUMULATION_STEPS = 1
 # Validate every EVAL_PERIOD epochs (and after the last one).
 _C.TRAIN.EVAL_PERIOD = 10
 # Save a checkpoint every CHECKPOINT_PERIOD epochs (and after the last one).

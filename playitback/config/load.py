@@ -350,6 +350,12 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         batch = cfg[node][leaf]
         if batch < 1 or batch % world:
             errors.append(f"{key} ({batch}) must be a positive multiple of the number of processes ({world})")
+    accumulation = cfg.TRAIN.ACCUMULATION_STEPS
+    if accumulation < 1:
+        errors.append(f"TRAIN.ACCUMULATION_STEPS ({accumulation}) must be >= 1")
+    elif cfg.TRAIN.BATCH_SIZE % (world * accumulation):
+        errors.append(f"TRAIN.BATCH_SIZE ({cfg.TRAIN.BATCH_SIZE}) must be a multiple of the processes ({world}) times "
+                      f"TRAIN.ACCUMULATION_STEPS ({accumulation})")
     if cfg.TEST.NUM_ENSEMBLE_VIEWS < 1:
         errors.append("TEST.NUM_ENSEMBLE_VIEWS must be >= 1")
     if cfg.SOLVER.LR_POLICY == "cosine" and cfg.SOLVER.COSINE_END_LR > derived.base_lr(cfg):

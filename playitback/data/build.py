@@ -27,6 +27,7 @@ from playitback.data.annotations import (
 from playitback.data.audio_io import AudioReadError, FileAudioReader, Hdf5AudioReader
 from playitback.data.dataset import AudioClipDataset, LabelFormat, collate
 from playitback.data.events import EventFrames, load_event_spans
+from playitback.data.labels import LabelSpace
 from playitback.data.records import ClipRecord
 from playitback.data.sampler import (
     BalancedSampler,
@@ -55,6 +56,14 @@ def frontend_on_device(cfg: CfgNode) -> bool:
     if cfg.DATA.FRONTEND == "auto":
         return cfg.NUM_GPUS > 0 and torch.cuda.is_available()
     return cfg.DATA.FRONTEND == "device"
+
+
+def build_label_space(cfg: CfgNode, records: list[ClipRecord] = ()) -> LabelSpace:
+    """The label space of the config (MODEL.NUM_CLASSES, or MODEL.MULTITASK_CLASSES as verb and noun;
+    DATA.MULTI_LABEL), with the class names that `records` give."""
+    counts = tuple(derived.class_counts(cfg))
+    tasks = ("verb", "noun") if cfg.MODEL.MULTITASK else ("class",)
+    return LabelSpace(counts, bool(cfg.DATA.MULTI_LABEL), tasks).named_from(records)
 
 
 def build_pyramid(cfg: CfgNode) -> PlaybackPyramid:
@@ -337,9 +346,13 @@ def build_train_sampler(cfg: CfgNode, dataset: AudioClipDataset, batch: int, ran
 
 def build_loader(cfg: CfgNode, dataset: AudioClipDataset, split: str, rank: int = 0, world: int = 1) -> DataLoader:
     """DataLoader of a split for process `rank` of `world`: the resumable training sampler of DATA.TRAIN_SAMPLER,
-    every item exactly once (no padding, no shuffle) for evaluation."""
-    total = cfg.TRAIN.BATCH_SIZE if split != "test" else cfg.TEST.BATCH_SIZE
-    batch = derived.per_process_batch(total, world)
+    every item exactly once (no padding, no shuffle) for evaluation. A training batch is TRAIN.BATCH_SIZE / (world *
+    TRAIN.ACCUMULATION_STEPS) clips, an evaluation batch TRAIN.BATCH_SIZE (val) or TEST.BATCH_SIZE / world."""
+    if split == "train":
+        # TRAIN.BATCH_SIZE is the global batch of one optimiser step, TRAIN.ACCUMULATION_STEPS loader batches each.
+        batch = derived.per_process_batch(cfg.TRAIN.BATCH_SIZE, world * cfg.TRAIN.ACCUMULATION_STEPS)
+    else:
+        batch = derived.per_process_batch(cfg.TRAIN.BATCH_SIZE if split == "val" else cfg.TEST.BATCH_SIZE, world)
     if split == "train":
         sampler = build_train_sampler(cfg, dataset, batch, rank, world)
     else:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from playitback.data.labels import LabelSpace
+
 LIKELY_CAUSES = (
     "a learning rate too high (the loss sits at chance from the start) or too low: SOLVER.BASE_LR, "
     "SOLVER.WARMUP_EPOCHS",
@@ -30,17 +32,18 @@ def _entropy(probabilities: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def chance_loss(labels: Sequence[Sequence[int]], class_counts: Sequence[int], multi_label: bool) -> float:
+def chance_loss(labels: Sequence[Sequence[int]], label_space: LabelSpace) -> float:
     """The loss of predicting the class prior of ``labels`` (nats), as playitback.losses.classification_loss averages.
 
     Args:
         labels: each clip's label ids (ClipRecord.labels): one id, every positive id (multi-label), or one id per task.
-        class_counts: classes per task.
-        multi_label: binary cross-entropy over the classes instead of a cross-entropy per task.
+        label_space: the classes per task; multi-label: binary cross-entropy over the classes instead of a
+            cross-entropy per task.
     """
+    class_counts = label_space.class_counts
     if not labels:
         raise ValueError("chance_loss needs the labels of at least one clip")
-    if multi_label:
+    if label_space.multi_label:
         frequency = np.zeros(sum(class_counts))
         for ids in labels:
             frequency[list(ids)] += 1

@@ -1,11 +1,12 @@
 """Optimiser construction, the per-iteration learning-rate schedule and gradient clipping.
 
-Everything takes plain arguments; the mapping from config keys lives with the trainer.
+Everything takes plain arguments; the mapping from config keys lives in playitback.engine.build.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -214,6 +215,33 @@ def lr_at(
         warmup_end_lr = _lr_without_warmup(warmup_epochs, **schedule)
         return warmup_start_lr + (warmup_end_lr - warmup_start_lr) * epoch / warmup_epochs
     return _lr_without_warmup(epoch, **schedule)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of every step of a run, as :func:`lr_at` computes it (validated once, when built).
+
+    Call it with the fractional epoch ``epoch + iteration / iterations_per_epoch``.
+    """
+
+    policy: str
+    base_lr: float
+    max_epoch: float
+    warmup_epochs: float = 0.0
+    warmup_start_lr: float = 1e-8
+    cosine_end_lr: float = 0.0
+    cosine_after_warmup: bool = True
+    steps: tuple[float, ...] = ()
+    lrs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        self(0.0)  # an impossible schedule fails when built, not at the first step
+
+    def __call__(self, epoch: float) -> float:
+        return lr_at(epoch, policy=self.policy, base_lr=self.base_lr, max_epoch=self.max_epoch,
+                     warmup_epochs=self.warmup_epochs, warmup_start_lr=self.warmup_start_lr,
+                     cosine_end_lr=self.cosine_end_lr, cosine_after_warmup=self.cosine_after_warmup,
+                     steps=self.steps, lrs=self.lrs)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

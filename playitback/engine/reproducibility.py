@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from playitback.data.labels import LabelSpace
 from playitback.data.records import ClipRecord
 from playitback.metrics import ArrayLike, per_class_average_precision
 
@@ -50,37 +51,25 @@ def audio_coverage(listed: int, present: int, test_list: str) -> dict[str, int]:
     return {"clips_listed": listed, "clips_present": present}
 
 
-def task_class_names(records: Sequence[ClipRecord], class_counts: Sequence[int], multitask: bool) -> list[list[str]]:
-    """Names of the classes of every head as the records give them (``label_names``); a class that no record names
-    keeps its id as name. Multi-task records (EPIC-KITCHENS verb, noun) name one class of each head."""
-    names = [[str(i) for i in range(count)] for count in class_counts]
-    for record in records:
-        for position, (label, name) in enumerate(zip(record.labels, record.label_names)):
-            names[position if multitask else 0][label] = name
-    return names
-
-
-def write_per_class_csv(path: str | Path, scores: ArrayLike, labels: ArrayLike, class_counts: Sequence[int],
-                        multi_label: bool, names: Sequence[Sequence[str]], task_names: Sequence[str] = ()) -> Path:
-    """The per-class table of a test: class id, name, positives and AP (percent; empty without positives).
+def write_per_class_csv(path: str | Path, scores: ArrayLike, labels: ArrayLike, label_space: LabelSpace) -> Path:
+    """The per-class table of a test: class id, name, positives and AP (percent; empty without positives), with the
+    task as a first column when there are several (e.g. verb, noun).
 
     Args:
         path: The CSV to write.
-        scores: Ensembled scores [N, sum(class_counts)].
-        labels: As the metrics take them (class ids [N], multi-hot [N, C], or ids per task [N, T]).
-        class_counts: Classes per head.
-        multi_label: Multi-hot labels.
-        names: Class names per head (:func:`task_class_names`).
-        task_names: Head names, written as a first column when there are several heads (e.g. verb, noun).
+        scores: Ensembled scores [N, K].
+        labels: As the metrics take them (class ids [N], multi-hot [N, K], or ids per task [N, T]).
+        label_space: The tasks, their classes and the class names.
     """
-    rows = per_class_average_precision(scores, labels, class_counts, multi_label)
+    rows = per_class_average_precision(scores, labels, label_space.class_counts, label_space.multi_label)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    several = len(class_counts) > 1
+    several = label_space.num_tasks > 1
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow((["task"] if several else []) + ["class_id", "class_name", "positives", "AP"])
         for task, class_id, positives, ap in rows:
-            head = [task_names[task] if task < len(task_names) else str(task)] if several else []
-            writer.writerow(head + [class_id, names[task][class_id], positives, "" if math.isnan(ap) else f"{ap:.4f}"])
+            head = [label_space.task_names[task]] if several else []
+            writer.writerow(head + [class_id, label_space.class_names[task][class_id], positives,
+                                    "" if math.isnan(ap) else f"{ap:.4f}"])
     return path

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from playitback.models.mvit import MViT
+from playitback.models.output import ModelOutput
 from playitback.models.replay import frame_centres, mask_from_frame_times, random_span_mask, replay
 from playitback.models.evidence import FrameEvidence
 from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask, selection_weights
@@ -45,10 +46,10 @@ class EncoderClassifier(nn.Module):
             self.encoder.head.train(mode)
         return self
 
-    def forward(self, playbacks: Sequence[Tensor]) -> dict[str, Tensor]:
-        """playbacks[0]: [B, T0, F] -> {"logits": [B, K], "features": mean-pooled tokens [B, D]}."""
+    def forward(self, playbacks: Sequence[Tensor]) -> ModelOutput:
+        """playbacks[0]: [B, T0, F] -> logits [B, K] and features (the mean-pooled tokens) [B, D]."""
         tokens, _ = self.encoder.forward_features(playbacks[0].unsqueeze(1))
-        return {"logits": self.encoder.forward_head(tokens), "features": tokens.mean(1)}
+        return ModelOutput(logits=self.encoder.forward_head(tokens), features=tokens.mean(1))
 
 
 REPLAY_SOURCES = ("saliency", "events", "random", "none")
@@ -143,7 +144,7 @@ class PlayItBack(nn.Module):
             return torch.zeros_like(salient)
         return salient
 
-    def forward(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None = None) -> ModelOutput:
         """Run every playback.
 
         Args:
@@ -152,13 +153,11 @@ class PlayItBack(nn.Module):
                 0: at every playback the composite frames whose source time lies in these frames are replayed.
 
         Returns:
-            "logits" [B, K] fused; "playback_logits" [S, B, K]; "features" [B, latent_dim] fused decoder features;
-            the saliency objective's inputs: with TemporalSaliency "pos_logits", "neg_logits" [S, B, K] (encoder-head
-            logits of the saliency-pooled and complement-pooled tokens), with FrameEvidence "evidence_probs"
-            [S, B, K] (the MIL clip probabilities); "saliency" [B, S, T0] in [0, 1] over the frames of each composite; "replay_masks" bool
-            [B, S - 1, T0], the frames of C_i replayed from playback i + 1; "composites" [B, S, T0, F], the input of
-            each playback's encoder pass (C_0 = playback 0); "frame_times" [B, S, T0], the source time of every
-            composite frame in frames of playback 0 (frame k of playback j is centred at ``k * hops[j] / hops[0]``).
+            Every field of :class:`ModelOutput`: the fused logits [B, K] and features [B, latent_dim], the logits of
+            each playback, the saliency objective's inputs (pos_logits/neg_logits with TemporalSaliency,
+            evidence_probs with FrameEvidence), the saliency, the replay masks, the composites and the source time
+            of every composite frame in frames of playback 0 (frame k of playback j is centred at
+            ``k * hops[j] / hops[0]``).
         """
         if len(playbacks) != self.num_playbacks:
             raise ValueError(f"expected {self.num_playbacks} playbacks, got {len(playbacks)}")
@@ -194,13 +193,13 @@ class PlayItBack(nn.Module):
         decoded = self.decoder(tokens)
         objective = ({"evidence_probs": torch.stack(evidence)} if self.uses_evidence else
                      {"pos_logits": torch.stack(pos_logits), "neg_logits": torch.stack(neg_logits)})
-        return {
-            "logits": decoded["logits"],
-            "playback_logits": decoded["playback_logits"],
-            "features": decoded["features"],
+        return ModelOutput(
+            logits=decoded["logits"],
+            features=decoded["features"],
+            playback_logits=decoded["playback_logits"],
             **objective,
-            "saliency": torch.stack(saliencies, dim=1),
-            "replay_masks": torch.stack(masks, dim=1),
-            "composites": torch.stack(composites, dim=1),
-            "frame_times": torch.stack(all_times, dim=1).to(torch.float32) / self.hops[0],
-        }
+            saliency=torch.stack(saliencies, dim=1),
+            replay_masks=torch.stack(masks, dim=1),
+            composites=torch.stack(composites, dim=1),
+            frame_times=torch.stack(all_times, dim=1).to(torch.float32) / self.hops[0],
+        )

@@ -153,14 +153,17 @@ def _custom_opts(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _evaluate(cfg, records=None):
-    from playitback.data.build import build_dataset, build_loader
-    from playitback.engine import trainer
+    from playitback.data.build import build_dataset, build_label_space, build_loader
+    from playitback.engine.build import build_task
+    from playitback.engine.evaluate import evaluate
     from playitback.models import build_model
 
     torch.manual_seed(0)
-    task = trainer.build_task(cfg, build_model(cfg).eval(), torch.device("cpu"), train=False)
+    task = build_task(cfg, build_model(cfg).eval(), torch.device("cpu"), train=False)
     dataset = build_dataset(cfg, "test", records, output_dir=Path(cfg.OUTPUT_DIR))
-    return trainer.evaluate(cfg, task, build_loader(cfg, dataset, "test"), dataset, split="test")
+    result = evaluate(task, build_loader(cfg, dataset, "test"), dataset, build_label_space(cfg), cfg.OUTPUT_DIR,
+                      split="test")
+    return result.metrics, result
 
 
 def test_unreadable_test_file_is_left_out_counted_and_named(faulty: Path, tmp_path: Path) -> None:
@@ -183,7 +186,7 @@ def test_unreadable_test_file_is_left_out_counted_and_named(faulty: Path, tmp_pa
     metrics, details = _evaluate(cfg)
     assert (metrics["clips"], metrics["clips_unreadable"], metrics["clips_listed"]) == (7.0, 1.0, 8.0)
     assert "not_audio.wav" in (tmp_path / "run" / "bad_files.txt").read_text()
-    assert "not_audio.wav" not in details["uids"] and len(details["uids"]) == 7
+    assert "not_audio.wav" not in details.uids and len(details.uids) == 7
     readable = [r for r in load_split_records(cfg, "test") if r.source != "not_audio.wav"]
     reference, _ = _evaluate(cfg, readable)
     for key in ("top1_acc", "top5_acc", "mAP", "AUC"):

@@ -11,6 +11,8 @@ import pytest
 from engine_utils import REPO, make_tiny_dataset, metrics, run_opts
 from playitback.config import load_config
 from playitback.engine import trainer as trainer_module
+from playitback.engine.loop import NonFiniteLossError
+from playitback.data.labels import LabelSpace
 from playitback.losses import PlayItBackLoss
 
 
@@ -38,7 +40,7 @@ def test_nonfinite_loss_stops_naming_step_and_terms(data: Path, tmp_path: Path, 
     _nan_on_second_call(monkeypatch)
     cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml", run_opts(data, tmp_path, epochs=1) +
                       ["SOLVER.WARMUP_EPOCHS", "0.0"])
-    with pytest.raises(trainer_module.NonFiniteLossError) as err:
+    with pytest.raises(NonFiniteLossError) as err:
         trainer_module.train(cfg)
     message = str(err.value)
     assert "epoch 1, iteration 2" in message and "loss_fused" in message and "nan" in message
@@ -103,7 +105,7 @@ def test_every_trainable_parameter_gets_a_gradient(iters: int, readout: str) -> 
     model = build_model(cfg).train()
     outputs = model([torch.randn(4, 16 * (i + 1), 128) for i in range(3)])
     targets = torch.nn.functional.one_hot(torch.arange(4), 4).float()
-    PlayItBackLoss([4], False)(outputs, targets)["loss"].backward()
+    PlayItBackLoss(LabelSpace((4,)))(outputs, targets)["loss"].backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 

@@ -17,7 +17,10 @@ from engine_utils import REPO, metrics, run_opts
 from playitback.config import load_config
 from playitback.data.records import ClipRecord
 from playitback.engine import checkpoint as ckpt
+from playitback.data.build import build_label_space
 from playitback.engine import trainer
+from playitback.engine.build import build_checkpointer, build_task, build_training_optimizer
+from playitback.engine.evaluate import Evaluation, write_scores
 from playitback.models import build_model
 
 PLAYITBACK = REPO / "configs/Demo/PlayItBackX2.yaml"
@@ -74,15 +77,15 @@ def _fake_checkpoints(output_dir: Path) -> dict[str, Path]:
 def test_best_checkpoint_is_not_chosen_on_the_test_list(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = _fake_checkpoints(tmp_path)
     same = load_config(PLAYITBACK, ["NUM_GPUS", "0", "OUTPUT_DIR", str(tmp_path)])  # VAL_LIST == TEST_LIST
-    with caplog.at_level(logging.INFO, logger="playitback.engine.trainer"):
-        assert trainer._test_checkpoint(same) == paths["2"]
+    with caplog.at_level(logging.INFO, logger="playitback.engine.checkpointer"):
+        assert trainer.checkpoint_to_test(same) == paths["2"]
     assert "validation and test lists are the same file" in caplog.text and "testing the last checkpoint" in caplog.text
     held_out = load_config(PLAYITBACK, ["NUM_GPUS", "0", "OUTPUT_DIR", str(tmp_path), "VGGSOUND.VAL_LIST", "val.csv"])
-    assert trainer._test_checkpoint(held_out) == paths["best"]
+    assert trainer.checkpoint_to_test(held_out) == paths["best"]
     caplog.clear()
     explicit = load_config(PLAYITBACK, ["NUM_GPUS", "0", "OUTPUT_DIR", str(tmp_path), "TEST.CHECKPOINT_SELECT", "best"])
-    with caplog.at_level(logging.WARNING, logger="playitback.engine.trainer"):
-        assert trainer._test_checkpoint(explicit) == paths["best"]
+    with caplog.at_level(logging.WARNING, logger="playitback.engine.checkpointer"):
+        assert trainer.checkpoint_to_test(explicit) == paths["best"]
     assert "chosen on the test list" in caplog.text
 
 
@@ -115,11 +118,11 @@ def test_resume_across_amp_settings_skips_the_scaler_state(data: Path, stage1: P
     assert torch.load(stage1, weights_only=True)["scaler_state"] == {}
     cfg = load_config(ENCODER, run_opts(data, tmp_path, epochs=2) + ["TRAIN.CHECKPOINT_FILE_PATH", str(stage1)])
     model = build_model(cfg)
-    optimizer = trainer.build_training_optimizer(cfg, model)
-    task = trainer.build_task(cfg, model, torch.device("cpu"), train=True)
+    optimizer = build_training_optimizer(cfg, model)
+    task = build_task(cfg, model, torch.device("cpu"), train=True)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
-    with caplog.at_level(logging.INFO, logger="playitback.engine.trainer"):
-        state = trainer._resume(cfg, model, optimizer, scaler, task)
+    with caplog.at_level(logging.INFO, logger="playitback.engine.checkpointer"):
+        state, _ = build_checkpointer(cfg).resume(model, optimizer, scaler, task.generator)
     assert state.epoch == 1 and scaler.get_scale() == 65536.0
     assert "holds no GradScaler state (saved without fp16 scaling)" in caplog.text
 
@@ -152,9 +155,9 @@ def test_epic_scores_file_is_named_whatever_the_case_of_the_dataset(tmp_path: Pa
     cfg = load_config(REPO / "configs/EPIC-KITCHENS/PlayItBackX1.yaml",
                       ["NUM_GPUS", "0", "TEST.DATASET", "EpicKitchens", "OUTPUT_DIR", str(tmp_path)])
     records = [ClipRecord("P01_01_0", "P01_01", (0, 1)), ClipRecord("P01_01_1", "P01_01", (2, 3))]
-    details = {"scores": torch.zeros(2, 397), "per_view": torch.zeros(2, 1, 397),
-               "labels": torch.tensor([[0, 1], [2, 3]]), "uids": [r.uid for r in records], "segments": []}
-    trainer._write_scores(cfg, details, records)
+    evaluation = Evaluation({}, torch.zeros(2, 397), torch.zeros(2, 1, 397), torch.tensor([[0, 1], [2, 3]]),
+                            [r.uid for r in records])
+    write_scores(tmp_path / "scores", evaluation, build_label_space(cfg, records), trainer.scores_name(cfg))
     names = {p.name for p in (tmp_path / "scores").iterdir()}
     assert "validation.npz" in names and "test.npz" not in names
     assert list(np.load(tmp_path / "scores" / "validation.npz")["uids"]) == ["P01_01_0", "P01_01_1"]
