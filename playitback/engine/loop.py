@@ -201,7 +201,7 @@ def train_one_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], 
             window.add(losses)
             epoch_avg.add(losses)
         else:
-            terms = {k: float(v) for k, v in losses.items()}
+            terms = {k: float(v.detach()) for k, v in losses.items()}
             where = f"epoch {state.epoch + 1}, iteration {state.iteration + 1}, clips {batch['index'].tolist()}"
             if settings.on_nonfinite_loss == "raise":
                 raise NonFiniteLossError(
