@@ -111,9 +111,11 @@ def _log_batch_and_lr(cfg: CfgNode, world: int) -> None:
     solver = cfg.SOLVER
     rule = (f"BASE_LR {solver.BASE_LR} x {solver.BASE_LR_SCALE_RULE}({cfg.TRAIN.BATCH_SIZE} / "
             f"{solver.BASE_LR_BATCH_SIZE})" if solver.BASE_LR_BATCH_SIZE else "SOLVER.BASE_LR")
-    logger.info("global batch %d = %d per process x %d process(es); peak learning rate %.6g (%s)",
-                cfg.TRAIN.BATCH_SIZE, derived.per_process_batch(cfg.TRAIN.BATCH_SIZE, world), world,
-                derived.base_lr(cfg), rule)
+    steps = cfg.TRAIN.ACCUMULATION_STEPS
+    accumulated = f" x {steps} accumulated loader batches" if steps > 1 else ""
+    logger.info("global batch %d = %d per process x %d process(es)%s; peak learning rate %.6g (%s)",
+                cfg.TRAIN.BATCH_SIZE, derived.per_process_batch(cfg.TRAIN.BATCH_SIZE, world * steps), world,
+                accumulated, derived.base_lr(cfg), rule)
 
 
 
