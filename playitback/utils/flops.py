@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,24 +66,42 @@ class FlopReport:
     unsupported: dict[str, int]
 
 
+class _TensorFieldsOutput(nn.Module):
+    """Returns the tensor fields of a dataclass output (ModelOutput) as a dict: the JIT tracer under fvcore takes
+    tensors, tuples, lists and dicts only."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: Any) -> Any:
+        out = self.module(*inputs)
+        if dataclasses.is_dataclass(out):
+            return {f.name: v for f in dataclasses.fields(out) if isinstance(v := getattr(out, f.name), torch.Tensor)}
+        return out
+
+
 def count_flops(module: nn.Module, inputs: tuple[Any, ...]) -> FlopReport:
     """Count the multiply-adds of ``module(*inputs)`` with fvcore (eval mode and no autograd are the caller's choice).
 
     Args:
-        module: Any module whose forward fvcore can trace (tensor, list-of-tensor or dict inputs and outputs).
+        module: Any module whose forward fvcore can trace (tensor, list-of-tensor or dict inputs; tensor, tuple,
+            list, dict or dataclass outputs).
         inputs: The positional arguments of the forward.
 
     Returns:
         The :class:`FlopReport`.
     """
-    analysis = (FlopCountAnalysis(module, inputs)
+    analysis = (FlopCountAnalysis(_TensorFieldsOutput(module), inputs)
                 .set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
                 .unsupported_ops_warnings(False)
                 .uncalled_modules_warnings(False)
                 .tracer_warnings("none"))
     return FlopReport(
         total=int(analysis.total()),
-        by_module={name: int(value) for name, value in analysis.by_module().items()},
+        # Named as in `module` itself, not in the wrapper ("module.encoder" -> "encoder").
+        by_module={name.removeprefix("module").removeprefix("."): int(value)
+                   for name, value in analysis.by_module().items() if name},
         unsupported=dict(analysis.unsupported_ops()),
     )
 
