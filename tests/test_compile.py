@@ -12,6 +12,7 @@ Shapes: B batch, S playbacks, T0 frames of playback 0, F mel bins, K classes.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from engine_utils import TINY_MODEL
 from playitback.config import derived, load_config
 from playitback.models import build_model
+from playitback.models.output import ModelOutput
 
 dynamo = pytest.importorskip("torch._dynamo")
 REPO = Path(__file__).resolve().parents[1]
@@ -42,17 +44,20 @@ def tiny_model(cfg_name: str, extra: tuple[str, ...] = ()) -> tuple[nn.Module, l
     return model, playbacks
 
 
-def run_seeded(model: nn.Module, playbacks: list[Tensor], seed: int = 7) -> dict[str, Tensor]:
+def run_seeded(model: nn.Module, playbacks: list[Tensor], seed: int = 7) -> ModelOutput:
     """The model's outputs with the global RNG at `seed` (train mode draws slot noise and dropout)."""
     torch.manual_seed(seed)
     return model(playbacks)
 
 
-def assert_outputs_equal(compiled: dict[str, Tensor], eager: dict[str, Tensor]) -> None:
-    """Same keys, and every output equal to the eager one (float outputs within fp32 round-off)."""
-    assert compiled.keys() == eager.keys()
-    for key, value in eager.items():
-        torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-5, msg=f"output {key!r} differs")
+def assert_outputs_equal(compiled: ModelOutput, eager: ModelOutput) -> None:
+    """The same fields set, and every output equal to the eager one (float outputs within fp32 round-off)."""
+    assert isinstance(compiled, ModelOutput) and isinstance(eager, ModelOutput)
+    for field in dataclasses.fields(eager):
+        value, other = getattr(eager, field.name), getattr(compiled, field.name)
+        assert (value is None) == (other is None), field.name
+        if value is not None:
+            torch.testing.assert_close(other, value, rtol=1e-5, atol=1e-5, msg=f"output {field.name!r} differs")
 
 
 def compile_fullgraph(model: nn.Module, backend: str = "eager") -> nn.Module:
@@ -88,7 +93,7 @@ def test_playitback_train_forward_and_backward_compile_and_match_eager(saliency:
     eager_out = run_seeded(model, playbacks)
     assert_outputs_equal(compiled_out, eager_out)
 
-    def gradients(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def gradients(outputs: ModelOutput) -> dict[str, Tensor]:
         model.zero_grad(set_to_none=True)
         objective = (outputs.evidence_probs.mean() if outputs.evidence_probs is not None else
                      outputs.pos_logits.mean() - outputs.neg_logits.mean())
