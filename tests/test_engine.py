@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine_utils import make_tiny_dataset, metrics, run_net, run_opts, start_run_net
+from playitback.models.output import ModelOutput
 
 PLAYITBACK = "configs/Demo/PlayItBackX2.yaml"
 ENCODER = "configs/Demo/MViT_pretrain.yaml"
@@ -181,10 +182,11 @@ class _AutocastProbe(torch.nn.Module):
         self.linear = torch.nn.Linear(1, classes)
         self.seen: list[torch.dtype | None] = []
 
-    def forward(self, playbacks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, playbacks: list[torch.Tensor]) -> ModelOutput:
         enabled = torch.is_autocast_enabled("cpu")
         self.seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
-        return {"logits": self.linear(playbacks[0].mean((1, 2))[:, None])}
+        features = playbacks[0].mean((1, 2))[:, None]
+        return ModelOutput(logits=self.linear(features), features=features)
 
 
 @pytest.mark.parametrize("train_amp, test_amp", [(True, True), (True, False), (False, True)])
