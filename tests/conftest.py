@@ -6,14 +6,11 @@ project ship them, so tests that need them skip with a reason when the folder is
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Test helpers (engine_utils) are importable from every test folder.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_DATA = Path(os.environ.get("PLAYITBACK_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 

@@ -3,7 +3,6 @@ model, with a dynamic batch."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not inst
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install -e .[export])")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import export  # noqa: E402
 from engine_utils import TINY_MODEL  # noqa: E402

@@ -19,7 +19,6 @@ import soundfile as sf
 from playitback.data.audio_io import Hdf5AudioReader
 from playitback.data.records import ClipRecord
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import extract_audio  # noqa: E402
 import wav_to_hdf5  # noqa: E402

@@ -6,7 +6,6 @@ and each goes alone through the public playback_pyramid and the model.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import librosa
@@ -22,7 +21,6 @@ from playitback.data.records import ClipRecord
 from playitback.inference import load_inference_model, stitch_windows
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import predict  # noqa: E402
 from engine_utils import TINY_MODEL  # noqa: E402

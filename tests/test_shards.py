@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from pathlib import Path
 
 import h5py
@@ -23,7 +22,6 @@ from playitback.data.build import build_reader
 from playitback.data.records import ClipRecord
 from playitback.data.shards import INDEX_NAME, ShardAudioReader, ShardError, pack_clips, verify_pack
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import pack_audio  # noqa: E402
 

@@ -21,7 +21,6 @@ from playitback.engine.loop import StopRequest
 from playitback.utils.distributed import ProcessInfo, launcher_process_info
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import run_net  # noqa: E402
 import submit_slurm  # noqa: E402

@@ -6,7 +6,6 @@ import contextlib
 import csv
 import io
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from playitback.data.sound_scenes import (SOUND_CLASSES, SourceToolError, find_s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
-sys.path.insert(0, str(REPO_ROOT / "tools"))
 import make_sound_data  # noqa: E402
 
 

@@ -3,7 +3,6 @@ and both tools end to end on a small dataset."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import librosa
@@ -17,7 +16,6 @@ from playitback.data.build import build_dataset, load_split_records
 from playitback.data.statistics import clip_statistics, input_statistics
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 import baseline  # noqa: E402
 import input_stats  # noqa: E402
 
