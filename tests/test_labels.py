@@ -28,9 +28,11 @@ def test_records_name_the_classes_and_unnamed_ones_keep_their_id() -> None:
     space = LabelSpace((3,)).named_from(records)
     assert space.class_names == (("cat", "1", "dog"),)
     assert space.output_names() == ["cat", "1", "dog"]
-    multi = LabelSpace((3,), multi_label=True).named_from([ClipRecord("c", "c", (0, 2), label_names=("rain", "wind"))])
+    multi = LabelSpace((3,), multi_label=True)
+    multi = multi.named_from([ClipRecord("c", "c", (0, 2), label_names=("rain", "wind"))])
     assert multi.class_names == (("rain", "1", "wind"),)
-    epic = LabelSpace((2, 2), task_names=("verb", "noun")).named_from([ClipRecord("d", "d", (1, 0), label_names=("open", "door"))])
+    epic = LabelSpace((2, 2), task_names=("verb", "noun"))
+    epic = epic.named_from([ClipRecord("d", "d", (1, 0), label_names=("open", "door"))])
     assert epic.output_names() == ["verb:0", "verb:open", "noun:door", "noun:1"]
 
 

@@ -28,14 +28,16 @@ def test_chance_loss_is_the_loss_of_predicting_the_prior() -> None:
     # Several tasks: the mean over the heads, as the loss averages them.
     verbs, nouns = [0, 1, 1, 1], [2, 2, 0, 1]
     expected = np.mean([log_loss(v, np.tile(np.bincount(v) / 4, (4, 1))) for v in (verbs, nouns)])
-    assert chance_loss(list(zip(verbs, nouns)), LabelSpace((2, 3), task_names=("verb", "noun"))) == pytest.approx(expected)
+    epic = LabelSpace((2, 3), task_names=("verb", "noun"))
+    assert chance_loss(list(zip(verbs, nouns)), epic) == pytest.approx(expected)
     # Multi-label: binary cross-entropy of the class frequencies, averaged over classes (class 3 never occurs).
     positives = [(0, 1), (0,), (2,), (0, 2)]
     hot = torch.zeros(4, 4)
     for row, ids in enumerate(positives):
         hot[row, list(ids)] = 1
     frequency = hot.mean(0, keepdim=True).expand(4, -1)
-    assert chance_loss(positives, LabelSpace((4,), multi_label=True)) == pytest.approx(float(F.binary_cross_entropy(frequency, hot)), rel=1e-6)
+    want = float(F.binary_cross_entropy(frequency, hot))
+    assert chance_loss(positives, LabelSpace((4,), multi_label=True)) == pytest.approx(want, rel=1e-6)
 
 
 def test_check_fires_once_after_the_patience_and_only_near_chance() -> None:

@@ -200,10 +200,10 @@ def test_accumulation_splits_the_global_batch_and_is_validated(tmp_path: Any) ->
     from playitback.data.build import build_dataset, build_loader
 
     data = make_tiny_dataset(tmp_path / "data")
-    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml",
-                      run_opts(data, tmp_path / "run", epochs=1) + ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUMULATION_STEPS", "4"])
+    accumulate = ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUMULATION_STEPS", "4"]
+    cfg = load_config(REPO / "configs/Demo/MViT_pretrain.yaml", run_opts(data, tmp_path / "run", epochs=1) + accumulate)
     loader = build_loader(cfg, build_dataset(cfg, "train"), "train")
     assert loader.batch_size == 2
     with pytest.raises(ConfigError, match=r"TRAIN.BATCH_SIZE \(8\) must be a multiple of the processes \(1\) times "
                                           r"TRAIN.ACCUMULATION_STEPS \(3\)"):
-        load_config(REPO / "configs/Demo/MViT_pretrain.yaml", ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUMULATION_STEPS", "3"])
+        load_config(REPO / "configs/Demo/MViT_pretrain.yaml", accumulate[:3] + ["3"])

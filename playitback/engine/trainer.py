@@ -270,7 +270,8 @@ def test(cfg: CfgNode) -> dict[str, float]:
                                      "test random weights)")
         logger.warning("%s: testing randomly initialised weights (MODEL.ALLOW_RANDOM_WEIGHTS)", message)
     else:
-        ckpt.load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN, strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
+        ckpt.load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN,
+                          strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
     model = wrap_model(cfg, model, device)
     test_set = build_dataset(cfg, "test", output_dir=Path(cfg.OUTPUT_DIR))
     label_space = build_label_space(cfg, test_set.records)
