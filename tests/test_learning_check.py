@@ -83,6 +83,8 @@ def test_a_run_with_shuffled_labels_says_it_is_not_learning(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_the_demo_encoder_learns_and_stays_silent(tmp_path: Path) -> None:
+    """Stage 1 of `make demo` (20 epochs, seed 0): the loss leaves its chance level after a slow start and the check
+    (at the recipe's epoch 10) says nothing."""
     from playitback.data.demo import make_demo_dataset
 
     data = tmp_path / "demo"
@@ -90,6 +92,7 @@ def test_the_demo_encoder_learns_and_stays_silent(tmp_path: Path) -> None:
     out = tmp_path / "encoder"
     run_net("configs/Demo/MViT_pretrain.yaml", ["VGGSOUND.AUDIO_DATA_DIR", str(data / "audio"),
                                                   "VGGSOUND.ANNOTATIONS_DIR", str(data / "annotations"),
-                                                  "OUTPUT_DIR", str(out)])
+                                                  "SOLVER.MAX_EPOCH", "20", "OUTPUT_DIR", str(out)])
     assert metrics(out, "warning") == []
-    assert metrics(out, "train_epoch")[-1]["loss"] < 0.95 * math.log(8)
+    losses = [row["loss"] for row in metrics(out, "train_epoch")]
+    assert losses[9] < 0.95 * math.log(8) and losses[-1] < 0.8 * math.log(8), losses
