@@ -50,14 +50,16 @@ def run_seeded(model: nn.Module, playbacks: list[Tensor], seed: int = 7) -> Mode
     return model(playbacks)
 
 
-def assert_outputs_equal(compiled: ModelOutput, eager: ModelOutput) -> None:
-    """The same fields set, and every output equal to the eager one (float outputs within fp32 round-off)."""
+def assert_outputs_equal(compiled: ModelOutput, eager: ModelOutput, saliency_atol: float = 1e-5) -> None:
+    """The same fields set, and every output equal to the eager one (float outputs within fp32 round-off; the saliency
+    within `saliency_atol`)."""
     assert isinstance(compiled, ModelOutput) and isinstance(eager, ModelOutput)
     for field in dataclasses.fields(eager):
         value, other = getattr(eager, field.name), getattr(compiled, field.name)
         assert (value is None) == (other is None), field.name
         if value is not None:
-            torch.testing.assert_close(other, value, rtol=1e-5, atol=1e-5, msg=f"output {field.name!r} differs")
+            atol = saliency_atol if field.name == "saliency" else 1e-5
+            torch.testing.assert_close(other, value, rtol=1e-5, atol=atol, msg=f"output {field.name!r} differs")
 
 
 def compile_fullgraph(model: nn.Module, backend: str = "eager") -> nn.Module:
@@ -138,4 +140,9 @@ def test_inductor_eval_forward_matches_eager() -> None:
     model.eval()
     compiled = compile_fullgraph(model, backend="inductor")
     with torch.no_grad():
-        assert_outputs_equal(compiled(playbacks), model(playbacks))
+        # Inductor's fused kernels round differently, and the saliency's per-sample min-max normalisation divides by
+        # the curve's range, which scales that round-off (measured: 8.5e-5 at most, logits within 1.2e-7). What the
+        # saliency decides, the replayed frames, must not change at all.
+        compiled_out, eager_out = compiled(playbacks), model(playbacks)
+        assert torch.equal(compiled_out.replay_masks, eager_out.replay_masks)
+        assert_outputs_equal(compiled_out, eager_out, saliency_atol=5e-4)
