@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from playitback.config import load_config
@@ -155,8 +156,12 @@ def test_block_matches_slow_per_token_reference(heads, dim_out, stride_q, stride
         {"dim_mul_in_att": False},
         {"cls_embed_on": True, "use_abs_pos": True, "input_size": (37, 20)},
         {"num_classes": [3, 4], "residual_pooling": False},
+        {"head_pool": "max"},
+        {"head_pool": "attention"},
+        {"stem_channels": [4, 6]},
     ],
-    ids=["conv", "avg", "max", "pool_first", "mvitv1_width", "cls_abs_pos", "multitask"],
+    ids=["conv", "avg", "max", "pool_first", "mvitv1_width", "cls_abs_pos", "multitask", "head_max", "head_attention",
+         "conv_stem"],
 )
 def test_forward_backward_every_parameter_gets_a_gradient(overrides) -> None:
     torch.manual_seed(0)
@@ -225,6 +230,59 @@ def test_forward_head_mean_pools_then_projects_each_task() -> None:
     torch.testing.assert_close(model.forward_head(tokens), expected)
     x = torch.randn(2, 1, 20, 16)
     torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)[0]))
+
+
+def test_max_head_pool_reads_the_event_token_whatever_the_clip_length() -> None:
+    """One token carries a feature the others lack (an event in background): max pooling passes it at full strength
+    for 4 or 400 background tokens, mean pooling dilutes it by the token count."""
+    torch.manual_seed(0)
+    model = tiny_mvit(head_pool="max").eval()
+    mean_model = tiny_mvit().eval()
+    dim = model.num_features
+    for background in (3, 399):
+        tokens = -torch.rand(1, background + 1, dim)  # background features all negative
+        event = torch.rand(dim) + 1.0
+        tokens[0, background // 2] = event
+        torch.testing.assert_close(model.pool(tokens)[0], event)
+        assert (mean_model.pool(tokens)[0] - tokens[0].mean(0)).abs().max() < 1e-6
+    torch.testing.assert_close(model.forward_head(tokens), model.head.projection(event)[None])
+
+
+def test_attention_head_pool_is_a_softmax_over_the_linear_score() -> None:
+    torch.manual_seed(0)
+    model = tiny_mvit(head_pool="attention").eval()
+    tokens = torch.randn(2, 7, model.num_features)
+    scores = tokens @ model.head_pool.weight[0]  # [B, N]
+    expected = (scores.exp()[..., None] * tokens).sum(1) / scores.exp().sum(1, keepdim=True)
+    torch.testing.assert_close(model.pool(tokens), expected)
+    # A score that prefers one token (here: a large weight on a feature only that token has) selects it.
+    with torch.no_grad():
+        model.head_pool.weight.zero_()
+        model.head_pool.weight[0, 0] = 50.0
+    tokens[:, :, 0] = 0.0
+    tokens[:, 4, 0] = 1.0
+    torch.testing.assert_close(model.pool(tokens), tokens[:, 4], atol=1e-6, rtol=0)
+    assert "head_pool.weight" not in tiny_mvit().state_dict()
+
+
+def test_conv_stem_keeps_the_grid_and_token_rows_and_is_a_conv_gelu_stack() -> None:
+    torch.manual_seed(0)
+    plain = tiny_mvit().eval()
+    stem = tiny_mvit(stem_channels=[4, 6]).eval()
+    x = torch.randn(2, 1, 37, 20)
+    assert stem.forward_features(x)[1] == plain.forward_features(x)[1] == (5, 3)
+    assert stem.token_rows == plain.token_rows
+    convs = [m for m in stem.patch_embed.stem if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == \
+        [(1, 4, (3, 3), (1, 1)), (4, 6, (3, 3), (1, 1))]
+    assert stem.patch_embed.proj.in_channels == 6
+    # By hand: conv -> GELU -> conv -> GELU -> patch conv, the same tokens as the module's.
+    h = F.gelu(F.conv2d(F.gelu(F.conv2d(x, convs[0].weight, convs[0].bias, padding=1)), convs[1].weight,
+                        convs[1].bias, padding=1))
+    proj = stem.patch_embed.proj
+    expected = F.conv2d(h, proj.weight, proj.bias, stride=proj.stride, padding=proj.padding).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(stem.patch_embed(x)[0], expected)
+    assert not [k for k in plain.state_dict() if "stem" in k]
 
 
 def test_initialisation() -> None:
@@ -390,6 +448,8 @@ def test_tiny_variant_has_the_paper_stages() -> None:
 def test_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="mode"):
         tiny_mvit(mode="lstm")
+    with pytest.raises(ValueError, match="head_pool"):
+        tiny_mvit(head_pool="median")
     with pytest.raises(ValueError, match="input_size"):
         tiny_mvit(use_abs_pos=True)
     with pytest.raises(ValueError, match="pool_q_stride"):

@@ -267,6 +267,12 @@ _C.ENCODER.REL_POS_SPATIAL = False
 _C.ENCODER.RESIDUAL_POOLING = True
 # Grow the width inside the attention (MViTv2) rather than in the MLP (MViTv1).
 _C.ENCODER.DIM_MUL_IN_ATT = True
+# How the head pools the output tokens: mean (MViTv2) | max (per channel: a short event keeps its strength in a long
+# clip) | attention (softmax weights from a learned linear score per token). See docs/method.md section 8.
+_C.ENCODER.HEAD_POOL = "mean"
+# Widths of a stem of 3x3 convolutions (stride 1, GELU) before the patch embedding, e.g. [16, 32]; empty: none (the
+# MViTv2 patchify stem alone). Early convolutions: Xiao et al. 2021; docs/method.md section 8.
+_C.ENCODER.STEM_CHANNELS = []
 
 
 

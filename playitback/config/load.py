@@ -244,6 +244,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, ("mean", "adaptive", "adaptive_concat"))
     _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, ("features", "predictions"))
     _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, ("conv", "avg", "max"))
+    _choice(errors, "ENCODER.HEAD_POOL", cfg.ENCODER.HEAD_POOL, ("mean", "max", "attention"))
     _choice(errors, "ENCODER.VARIANT", cfg.ENCODER.VARIANT, (*ENCODER_VARIANTS, "custom"))
     _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, ("sgd", "adam", "adamw"))
     _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, ("cosine", "steps_with_relative_lrs"))

@@ -52,6 +52,8 @@ def build_encoder(cfg: CfgNode) -> MViT:
         cls_embed_on=enc.CLS_EMBED_ON,
         input_mean=cfg.AUDIO_DATA.NORM_MEAN,
         input_std=cfg.AUDIO_DATA.NORM_STD,
+        head_pool=enc.HEAD_POOL,
+        stem_channels=enc.STEM_CHANNELS,
     )
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _POOL_MODES = ("conv", "avg", "max")
+HEAD_POOLS = ("mean", "max", "attention")
 _LAYER_NORM_EPS = 1e-6
 
 Grid = tuple[int, int]
@@ -132,10 +133,13 @@ class DropPath(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Convolutional patch embedding that turns a spectrogram into a time-major token sequence."""
+    """Convolutional patch embedding that turns a spectrogram into a time-major token sequence, optionally after a
+    stem of 3x3 convolutions (early convolutions: Xiao et al., "Early Convolutions Help Transformers See Better",
+    NeurIPS 2021)."""
 
     def __init__(
-        self, in_chans: int, embed_dim: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+        self, in_chans: int, embed_dim: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+        stem_channels: Sequence[int] = (),
     ) -> None:
         """Create the patch convolution.
 
@@ -145,9 +149,20 @@ class PatchEmbed(nn.Module):
             kernel: Convolution kernel (time, frequency).
             stride: Convolution stride (time, frequency).
             padding: Convolution padding (time, frequency).
+            stem_channels: Widths of the stem's 3x3 convolutions (stride 1, padding 1, each followed by a GELU), in
+                order, before the patch convolution; empty for none (module ``stem`` exists only then). Stride 1
+                keeps the token grid and the token rows' times those of the patch convolution alone.
         """
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, tuple(kernel), tuple(stride), tuple(padding))
+        self.in_chans = in_chans
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for width in stem_channels:
+            layers += [nn.Conv2d(channels, int(width), 3, 1, 1), nn.GELU()]
+            channels = int(width)
+        if layers:
+            self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, embed_dim, tuple(kernel), tuple(stride), tuple(padding))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Embed the patches.
@@ -158,6 +173,8 @@ class PatchEmbed(nn.Module):
         Returns:
             Tokens ``[B, T' * F', D]`` (frequency fastest) and the grid ``(T', F')``.
         """
+        if hasattr(self, "stem"):
+            x = self.stem(x)
         x = self.proj(x)
         grid = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), grid
@@ -490,6 +507,8 @@ class MViT(nn.Module):
         cls_embed_on: bool = False,
         input_mean: float = 0.0,
         input_std: float = 1.0,
+        head_pool: str = "mean",
+        stem_channels: Sequence[int] = (),
     ) -> None:
         """Build the encoder.
 
@@ -526,6 +545,11 @@ class MViT(nn.Module):
             input_mean, input_std: The input is standardised as ``(x - input_mean) / input_std`` (the training set's
                 log-mel statistics, as AST and PaSST do); 0 and 1 leave it unchanged. Not in the state dict: they
                 come with the config, so published checkpoints load as they are.
+            head_pool: How the output tokens become the head's one vector (:meth:`pool`): "mean" (MViTv2), "max"
+                (per channel, over tokens: a short event keeps its whole strength however long the clip) or
+                "attention" (a softmax over tokens of a learned linear score, module ``head_pool``).
+            stem_channels: Widths of a stem of 3x3 convolutions before the patch embedding (:class:`PatchEmbed`);
+                empty for none.
 
         Raises:
             ValueError: On an inconsistent argument; the message names it.
@@ -538,6 +562,8 @@ class MViT(nn.Module):
             raise ValueError(f"num_classes must list at least one positive class count per task, got {num_classes}")
         if mode not in _POOL_MODES:
             raise ValueError(f"mode must be one of {_POOL_MODES}, got {mode!r}")
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
         if use_abs_pos and input_size is None:
             raise ValueError("use_abs_pos=True needs input_size=(T, F), the spectrogram size the embedding is made for")
         if pool_kv_stride and pool_kv_stride_adaptive is not None:
@@ -565,7 +591,8 @@ class MViT(nn.Module):
         self.register_buffer("input_std", torch.tensor(float(input_std)), persistent=False)
         self.cls_embed_on = cls_embed_on
         self.use_abs_pos = use_abs_pos
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding,
+                                      stem_channels)
         if cls_embed_on:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if use_abs_pos:
@@ -614,6 +641,9 @@ class MViT(nn.Module):
         self.num_features = embed_dim
         self.num_classes = num_classes
         self.norm = nn.LayerNorm(embed_dim, eps=_LAYER_NORM_EPS)
+        self.head_pool_mode = head_pool
+        if head_pool == "attention":
+            self.head_pool = nn.Linear(embed_dim, 1, bias=False)  # a bias cancels in the softmax
         if len(num_classes) == 1:
             self.head = ClassifierHead(embed_dim, num_classes[0], dropout_rate)
         else:
@@ -639,9 +669,9 @@ class MViT(nn.Module):
             ValueError: If ``x`` is not ``[B, in_chans, T, F]``, or its patch grid differs from the one the
                 absolute position embedding was built for.
         """
-        if x.ndim != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
+        if x.ndim != 4 or x.shape[1] != self.patch_embed.in_chans:
             raise ValueError(
-                f"MViT expects a spectrogram [B, {self.patch_embed.proj.in_channels}, T, F], got shape "
+                f"MViT expects a spectrogram [B, {self.patch_embed.in_chans}, T, F], got shape "
                 f"{tuple(x.shape)}; add the channel dimension with x.unsqueeze(1)"
             )
         x, grid = self.patch_embed((x - self.input_mean) / self.input_std)
@@ -661,8 +691,25 @@ class MViT(nn.Module):
             x = x[:, 1:]
         return x, grid
 
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Pool tokens into one vector per clip with ``head_pool``: mean, per-channel max, or attention weights
+        ``softmax_n(w . x_n)``.
+
+        Args:
+            tokens: ``[B, N, D]`` from :meth:`forward_features`.
+
+        Returns:
+            ``[B, D]``.
+        """
+        if self.head_pool_mode == "max":
+            return tokens.amax(dim=1)
+        if self.head_pool_mode == "attention":
+            weights = torch.softmax(self.head_pool(tokens), dim=1)  # [B, N, 1]
+            return (weights * tokens).sum(dim=1)
+        return tokens.mean(dim=1)
+
     def forward_head(self, tokens: Tensor) -> Tensor:
-        """Classify mean-pooled tokens.
+        """Classify pooled tokens (:meth:`pool`).
 
         Args:
             tokens: ``[B, N, D]`` from :meth:`forward_features`.
@@ -670,7 +717,7 @@ class MViT(nn.Module):
         Returns:
             Logits ``[B, K]`` with ``K = sum(num_classes)``, the tasks concatenated in order (never a softmax).
         """
-        pooled = tokens.mean(dim=1)
+        pooled = self.pool(tokens)
         heads = self.head if isinstance(self.head, nn.ModuleList) else (self.head,)
         return torch.cat([head(pooled) for head in heads], dim=-1)
 

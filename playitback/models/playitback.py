@@ -47,9 +47,9 @@ class EncoderClassifier(nn.Module):
         return self
 
     def forward(self, playbacks: Sequence[Tensor]) -> ModelOutput:
-        """playbacks[0]: [B, T0, F] -> logits [B, K] and features (the mean-pooled tokens) [B, D]."""
+        """playbacks[0]: [B, T0, F] -> logits [B, K] and features (the head's pooled tokens) [B, D]."""
         tokens, _ = self.encoder.forward_features(playbacks[0].unsqueeze(1))
-        return ModelOutput(logits=self.encoder.forward_head(tokens), features=tokens.mean(1))
+        return ModelOutput(logits=self.encoder.forward_head(tokens), features=self.encoder.pool(tokens))
 
 
 REPLAY_SOURCES = ("saliency", "events", "random", "none")
