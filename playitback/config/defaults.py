@@ -345,6 +345,10 @@ _C.AUDIO_DATA.FRAMES0 = 400
 _C.AUDIO_DATA.NORM_MEAN = 0.0
 # Standard deviation that divides every log-mel value (after NORM_MEAN is subtracted).
 _C.AUDIO_DATA.NORM_STD = 1.0
+# Then standardise each log-mel the encoder reads by its own statistics over time and frequency: none | mean (subtract
+# the clip's mean: its recording level, an additive offset of a log-mel) | mean_std (and divide by its standard
+# deviation). See docs/method.md section 8.
+_C.AUDIO_DATA.NORM_PER_CLIP = "none"
 # Frames after the end of a segment shorter than the crop: edge (repeat the last frame, as auditory-slow-fast's EPIC
 # loader and the original's short-audio path) | zeros (the log-mel of silence, ln(1e-6) in every band).
 _C.AUDIO_DATA.PAD_MODE = "edge"

@@ -258,6 +258,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if cfg.DATA.SAMPLES_PER_EPOCH < 0 or cfg.DATA.BALANCE_OFFSET < 0:
         errors.append(f"DATA.SAMPLES_PER_EPOCH ({cfg.DATA.SAMPLES_PER_EPOCH}) and DATA.BALANCE_OFFSET "
                       f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
+    _choice(errors, "AUDIO_DATA.NORM_PER_CLIP", cfg.AUDIO_DATA.NORM_PER_CLIP, ("none", "mean", "mean_std"))
     _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, ("edge", "zeros"))
     _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
     _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))

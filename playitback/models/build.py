@@ -54,6 +54,7 @@ def build_encoder(cfg: CfgNode) -> MViT:
         input_std=cfg.AUDIO_DATA.NORM_STD,
         head_pool=enc.HEAD_POOL,
         stem_channels=enc.STEM_CHANNELS,
+        clip_norm=cfg.AUDIO_DATA.NORM_PER_CLIP,
     )
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 _POOL_MODES = ("conv", "avg", "max")
 HEAD_POOLS = ("mean", "max", "attention")
+CLIP_NORMS = ("none", "mean", "mean_std")
 _LAYER_NORM_EPS = 1e-6
 
 Grid = tuple[int, int]
@@ -509,6 +510,7 @@ class MViT(nn.Module):
         input_std: float = 1.0,
         head_pool: str = "mean",
         stem_channels: Sequence[int] = (),
+        clip_norm: str = "none",
     ) -> None:
         """Build the encoder.
 
@@ -550,6 +552,9 @@ class MViT(nn.Module):
                 "attention" (a softmax over tokens of a learned linear score, module ``head_pool``).
             stem_channels: Widths of a stem of 3x3 convolutions before the patch embedding (:class:`PatchEmbed`);
                 empty for none.
+            clip_norm: After the affine standardisation, each input is also standardised by its own statistics over
+                time and frequency: "none", "mean" (subtract its mean: a log-mel's recording level is an additive
+                offset) or "mean_std" (subtract the mean and divide by the standard deviation, floored at 1e-5).
 
         Raises:
             ValueError: On an inconsistent argument; the message names it.
@@ -562,6 +567,8 @@ class MViT(nn.Module):
             raise ValueError(f"num_classes must list at least one positive class count per task, got {num_classes}")
         if mode not in _POOL_MODES:
             raise ValueError(f"mode must be one of {_POOL_MODES}, got {mode!r}")
+        if clip_norm not in CLIP_NORMS:
+            raise ValueError(f"clip_norm must be one of {CLIP_NORMS}, got {clip_norm!r}")
         if head_pool not in HEAD_POOLS:
             raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
         if use_abs_pos and input_size is None:
@@ -589,6 +596,7 @@ class MViT(nn.Module):
             raise ValueError(f"input_std must be positive, got {input_std}")
         self.register_buffer("input_mean", torch.tensor(float(input_mean)), persistent=False)
         self.register_buffer("input_std", torch.tensor(float(input_std)), persistent=False)
+        self.clip_norm = clip_norm
         self.cls_embed_on = cls_embed_on
         self.use_abs_pos = use_abs_pos
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding,
@@ -655,6 +663,23 @@ class MViT(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
+    def standardise(self, x: Tensor) -> Tensor:
+        """The input the patch embedding reads: ``(x - input_mean) / input_std``, then ``clip_norm`` per sample.
+
+        Args:
+            x: Spectrogram ``[B, C, T, F]``.
+
+        Returns:
+            Tensor of the same shape.
+        """
+        x = (x - self.input_mean) / self.input_std
+        if self.clip_norm == "none":
+            return x
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+        if self.clip_norm == "mean_std":
+            x = x / x.std(dim=(2, 3), keepdim=True).clamp_min(1e-5)
+        return x
+
     def forward_features(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Encode a spectrogram into tokens.
 
@@ -674,7 +699,7 @@ class MViT(nn.Module):
                 f"MViT expects a spectrogram [B, {self.patch_embed.in_chans}, T, F], got shape "
                 f"{tuple(x.shape)}; add the channel dimension with x.unsqueeze(1)"
             )
-        x, grid = self.patch_embed((x - self.input_mean) / self.input_std)
+        x, grid = self.patch_embed(self.standardise(x))
         if self.cls_embed_on:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.use_abs_pos:
