@@ -122,6 +122,10 @@ def test_command_line_overrides_and_types() -> None:
         (["NUM_GPUS"], "KEY VALUE pairs"),
         (["ENCODER.EMBED_DIM", "64"], "DECODER.INPUT_CHANNELS (768) must equal the encoder's output width (512"),
         (["AUDIO_DATA.NORM_STD", "0.0"], "AUDIO_DATA.NORM_STD (0.0) must be positive; tools/input_stats.py"),
+        (["ENCODER.PATCH_KERNEL", "[3, 128]", "AUDIO_DATA.NUM_FREQUENCIES", "64"],
+         "ENCODER.PATCH_KERNEL [3, 128] spans more mel bins than the input has (AUDIO_DATA.NUM_FREQUENCIES 64 + 2"),
+        (["AUDIO_DATA.NORM_PER_CLIP", "band"], "AUDIO_DATA.NORM_PER_CLIP is 'band'; choose one of"),
+        (["ENCODER.HEAD_POOL", "median"], "ENCODER.HEAD_POOL is 'median'; choose one of"),
         (["TRAIN.NOT_LEARNING_MARGIN", "1.5"], "TRAIN.NOT_LEARNING_MARGIN (1.5) must be in [0, 1)"),
     ],
 )

@@ -327,6 +327,11 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if not cfg.AUDIO_DATA.NORM_STD > 0:
         errors.append(f"AUDIO_DATA.NORM_STD ({cfg.AUDIO_DATA.NORM_STD}) must be positive; tools/input_stats.py "
                       "computes it")
+    padded_bins = cfg.AUDIO_DATA.NUM_FREQUENCIES + 2 * cfg.ENCODER.PATCH_PADDING[1]
+    if cfg.ENCODER.PATCH_KERNEL[1] > padded_bins:
+        errors.append(f"ENCODER.PATCH_KERNEL {list(cfg.ENCODER.PATCH_KERNEL)} spans more mel bins than the input has "
+                      f"(AUDIO_DATA.NUM_FREQUENCIES {cfg.AUDIO_DATA.NUM_FREQUENCIES} + 2 x ENCODER.PATCH_PADDING "
+                      f"{cfg.ENCODER.PATCH_PADDING[1]} = {padded_bins}); a full-band patch takes the bin count")
     if cfg.AUDIO_DATA.FRAMES0 < 8:
         errors.append(f"AUDIO_DATA.FRAMES0 ({cfg.AUDIO_DATA.FRAMES0}) must be at least 8")
     elif cfg.MODEL.PLAYBACK >= 0 and derived.playback_hop(cfg, derived.num_playbacks(cfg) - 1) < 1:
