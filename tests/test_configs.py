@@ -88,6 +88,21 @@ def test_shipped_config_runs_at_tiny_size(path: Path) -> None:
     assert not dead, dead
 
 
+def test_small_recipe_reads_full_band_frame_tokens() -> None:
+    """configs/Small (docs/method.md section 8): one token per frame over the whole spectrum, per-clip standardised
+    input, max pooling, validation on its own list; at full size the 64 frames give 64 token rows one frame apart."""
+    cfg = load_config(REPO / "configs/Small/MViT_scratch.yaml", ["NUM_GPUS", "0"])
+    assert derived.is_encoder_only(cfg) and cfg.TRAIN.DATASET == cfg.TEST.DATASET == "custom"
+    assert cfg.CUSTOM.VAL_LIST != cfg.CUSTOM.TEST_LIST
+    assert (cfg.AUDIO_DATA.NORM_PER_CLIP, cfg.ENCODER.HEAD_POOL) == ("mean_std", "max")
+    assert list(cfg.ENCODER.PATCH_KERNEL) == [3, cfg.AUDIO_DATA.NUM_FREQUENCIES]
+    encoder = build_model(cfg).encoder.eval()
+    with torch.no_grad():
+        tokens, grid = encoder.forward_features(torch.randn(2, 1, cfg.AUDIO_DATA.FRAMES0, 128))
+    assert grid == (cfg.AUDIO_DATA.FRAMES0, 1) and tokens.shape[1] == cfg.AUDIO_DATA.FRAMES0
+    assert (encoder.token_rows.stride, encoder.token_rows.offset) == (1.0, 0.0)
+
+
 def test_original_values_survive() -> None:
     cfg = load_config(REPO / "configs/VGG-Sound/PlayItBackX2.yaml")
     assert (cfg.MODEL.NUM_CLASSES, cfg.AUDIO_DATA.CLIP_SECS, cfg.SOLVER.BASE_LR) == (309, 5.0, 5e-4)
