@@ -161,8 +161,7 @@ class PatchEmbed(nn.Module):
         for width in stem_channels:
             layers += [nn.Conv2d(channels, int(width), 3, 1, 1), nn.GELU()]
             channels = int(width)
-        if layers:
-            self.stem = nn.Sequential(*layers)
+        self.stem = nn.Sequential(*layers) if layers else None
         self.proj = nn.Conv2d(channels, embed_dim, tuple(kernel), tuple(stride), tuple(padding))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
@@ -174,7 +173,7 @@ class PatchEmbed(nn.Module):
         Returns:
             Tokens ``[B, T' * F', D]`` (frequency fastest) and the grid ``(T', F')``.
         """
-        if hasattr(self, "stem"):
+        if self.stem is not None:
             x = self.stem(x)
         x = self.proj(x)
         grid = (x.shape[2], x.shape[3])
