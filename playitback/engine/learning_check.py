@@ -22,7 +22,9 @@ LIKELY_CAUSES = (
     "labels that do not match the audio: check the annotation lists and classes.txt",
     "inputs far from unit scale: AUDIO_DATA.NORM_MEAN and AUDIO_DATA.NORM_STD from tools/input_stats.py",
     "too little data for an encoder trained from scratch: start from pretrained MViTv2 weights "
-    "(TRAIN.CHECKPOINT_FILE_PATH, see the README's 'your own dataset')",
+    "(TRAIN.CHECKPOINT_FILE_PATH, see the README's 'your own dataset'), or the from-scratch recipe of "
+    "configs/Small (full-band frame tokens, AUDIO_DATA.NORM_PER_CLIP, ENCODER.HEAD_POOL max; docs/method.md "
+    "section 8)",
     "augmentation too strong for the data: MIXUP.ENABLE, SPEC_AUGMENT.*",
 )
 
