@@ -142,6 +142,8 @@ def test_command_line_overrides_and_types() -> None:
         (["AUDIO_DATA.NORM_PER_CLIP", "band"], "AUDIO_DATA.NORM_PER_CLIP is 'band'; choose one of"),
         (["ENCODER.HEAD_POOL", "median"], "ENCODER.HEAD_POOL is 'median'; choose one of"),
         (["TRAIN.NOT_LEARNING_MARGIN", "1.5"], "TRAIN.NOT_LEARNING_MARGIN (1.5) must be in [0, 1)"),
+        (["MODEL.REPLAY_RESOLUTION", "finer"], "MODEL.REPLAY_RESOLUTION is 'finer'; choose one of"),
+        (["SALIENCY.MIL_POOLING", "max"], "SALIENCY.MIL_POOLING is 'max'; choose one of"),
     ],
 )
 def test_bad_configs_are_named(opts: list[str], message: str) -> None:

@@ -25,8 +25,31 @@ def test_mil_pooling_by_hand() -> None:
     # Auto-pool: alpha 0 is the mean over time, a large alpha approaches the max.
     assert torch.allclose(mil_pool(probs, "autopool", torch.zeros(2)), probs.mean(1))
     assert torch.allclose(mil_pool(probs, "autopool", torch.full((2,), 200.0)), probs.amax(1), atol=1e-4)
+    # Attention: one weight per frame for every class.
+    attention = torch.tensor([[0.5, 0.25, 0.25]])
+    want = torch.tensor([[0.05 + 0.075 + 0.15, 0.5]])
+    assert torch.allclose(mil_pool(probs, "attention", attention=attention), want)
     with pytest.raises(ValueError, match="MIL pooling"):
         mil_pool(probs, "max")
+
+
+def test_attention_pooling_saliency_is_its_class_agnostic_frame_weights() -> None:
+    """With attention pooling the saliency is the pooling's frame weights (min-max normalised): the same curve
+    whatever the classifier says, so changing only the class weights changes the clip prediction, not where it looks."""
+    torch.manual_seed(0)
+    head = FrameEvidence(num_bins=32, num_classes=[5], width=16, pooling="attention").eval()
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        saliency, clip = head(x)
+        features = head.features(((x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True)).unsqueeze(1))
+        hidden = F.gelu(head.project(features.permute(0, 2, 1, 3).flatten(2)))
+        weights = torch.softmax(head.attend(hidden).squeeze(-1), dim=1)
+        want = (weights - weights.amin(1, keepdim=True)) / (weights.amax(1, keepdim=True) - weights.amin(1, keepdim=True))
+        assert torch.allclose(saliency, want, atol=1e-6)
+        assert torch.allclose(clip, (torch.sigmoid(head.classify(hidden)) * weights.unsqueeze(-1)).sum(1), atol=1e-6)
+        head.classify.weight.mul_(-3.0)
+        saliency_after, clip_after = head(x)
+    assert torch.equal(saliency, saliency_after) and not torch.allclose(clip, clip_after)
 
 
 def test_evidence_scores_are_local_in_time() -> None:

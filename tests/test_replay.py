@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from playitback.models.replay import (
+    coarse_playback,
     frame_centres,
     mask_from_frame_times,
     random_span_mask,
@@ -256,7 +257,7 @@ def test_replay_and_runs_compile_fullgraph() -> None:
         assert torch.equal(got, want)
 
 
-def _tiny_playitback(replays: int, replay_source: str, clip_secs: str = "2.0"):
+def _tiny_playitback(replays: int, replay_source: str, clip_secs: str = "2.0", resolution: str = "fine"):
     from engine_utils import TINY_MODEL
 
     from playitback.config import load_config
@@ -265,7 +266,8 @@ def _tiny_playitback(replays: int, replay_source: str, clip_secs: str = "2.0"):
     cfg = load_config(REPO / "configs/Demo/PlayItBackX2.yaml",
                       ["NUM_GPUS", "0", *TINY_MODEL, "AUDIO_DATA.CLIP_SECS", clip_secs, "MODEL.PLAYBACK", str(replays),
                        "DECODER.DEPTH", str(replays + 1), "MODEL.REPLAY", replay_source,
-                       "DATA.EVENTS_FILE", "events.csv" if replay_source == "events" else ""])
+                       "DATA.EVENTS_FILE", "events.csv" if replay_source == "events" else "",
+                       "MODEL.REPLAY_RESOLUTION", resolution])
     torch.manual_seed(replays)
     return cfg, build_model(cfg).eval()
 
@@ -319,3 +321,45 @@ def test_no_replay_re_reads_playback_zero() -> None:
     assert not out.replay_masks.any()
     assert torch.equal(out.composites, playbacks[0][:, None].expand(-1, 3, -1, -1))
     assert torch.equal(out.frame_times, torch.arange(16.0).expand(3, 3, 16))
+
+
+def test_coarse_playback_by_hand() -> None:
+    """Playback 0 (hop 4) read at hop 2 and at hop 3: linear between its frames, held past its last one."""
+    playback0 = torch.tensor([[[0.0], [10.0], [30.0]]])  # [B=1, T0=3, F=1], centres 0, 4, 8
+    at_hop2 = coarse_playback(playback0, hop0=4, finer_hop=2, finer_frames=6)  # centres 0, 2, ..., 10
+    assert torch.equal(at_hop2.flatten(), torch.tensor([0.0, 5.0, 10.0, 20.0, 30.0, 30.0]))
+    at_hop3 = coarse_playback(playback0, hop0=4, finer_hop=3, finer_frames=4)  # centres 0, 3, 6, 9
+    assert torch.allclose(at_hop3.flatten(), torch.tensor([0.0, 7.5, 20.0, 30.0]))
+    with pytest.raises(ValueError, match=r"\[B, T0, F\]"):
+        coarse_playback(playback0[0], 4, 2, 6)
+
+
+@pytest.mark.parametrize("replay_source", ["saliency", "events"])
+def test_coarse_replay_shows_playback_zero_at_the_replayed_times(replay_source: str) -> None:
+    """MODEL.REPLAY_RESOLUTION coarse: the same frames are replayed (same masks, same source times as the fine replay
+    of the same model), but every composite frame is playback 0 interpolated at its source time."""
+    _, fine_model = _tiny_playitback(2, replay_source, clip_secs="2.003")
+    _, model = _tiny_playitback(2, replay_source, clip_secs="2.003", resolution="coarse")
+    model.load_state_dict(fine_model.state_dict())
+    frames0, batch = 16, 6
+    playbacks = [torch.randn(batch, frames0 * (i + 1), 128, generator=torch.Generator().manual_seed(i))
+                 for i in range(3)]
+    events = torch.zeros(batch, frames0, dtype=torch.bool)
+    events[:, 3:7] = True
+    kwargs = {"replay_masks": events} if replay_source == "events" else {}
+    with torch.no_grad():
+        out, fine = model(playbacks, **kwargs), fine_model(playbacks, **kwargs)
+    # The first replay decides on playback 0 in both models, so its mask and the times it creates are the same.
+    assert torch.equal(out.replay_masks[:, 0], fine.replay_masks[:, 0])
+    assert torch.equal(out.frame_times[:, 1], fine.frame_times[:, 1])
+    assert out.replay_masks.any()
+    # Every composite frame, by a per-frame reference: linear interpolation of playback 0 at its source time.
+    source = playbacks[0].numpy()
+    for b in range(batch):
+        for s in range(3):
+            for u in range(frames0):
+                t = min(float(out.frame_times[b, s, u]), frames0 - 1)
+                lo = int(t)
+                hi = min(lo + 1, frames0 - 1)
+                want = source[b, lo] + (t - lo) * (source[b, hi] - source[b, lo])
+                assert torch.allclose(out.composites[b, s, u], torch.from_numpy(want), atol=1e-5), (b, s, u)

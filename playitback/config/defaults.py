@@ -133,6 +133,10 @@ _C.MODEL.COMPILE = False
 # clip at a random place, as long as the salient frames: the control for where) | none (nothing: every playback
 # re-reads playback 0, the control for the replay itself). The saliency runs and trains in every case.
 _C.MODEL.REPLAY = "saliency"
+# What the replayed frames show: fine (the next playback's frames, the method) | coarse (playback 0 interpolated onto
+# the next playback's time grid: the same spans replayed and stretched the same way without the finer hop, the control
+# that isolates the new time resolution; docs/method.md).
+_C.MODEL.REPLAY_RESOLUTION = "fine"
 # torch.compile backend: inductor (generates kernels) | aot_eager or eager (capture only, to debug a compile problem)
 # | cudagraphs.
 _C.MODEL.COMPILE_BACKEND = "inductor"
@@ -158,7 +162,8 @@ _C.SALIENCY.READOUT = "attention"
 # multiple-instance learning on the clip labels; the default: it is the variant that localises, docs/method.md
 # section 7). The dataset recipes of configs/ keep slots, the saliency the original's checkpoints hold.
 _C.SALIENCY.METHOD = "evidence"
-# MIL pooling of the evidence head over time: linear_softmax | autopool.
+# MIL pooling of the evidence head over time: linear_softmax | autopool | attention (one class-agnostic weight per
+# frame, which is then the saliency: where it replays cannot depend on the predicted class).
 _C.SALIENCY.MIL_POOLING = "linear_softmax"
 # Hidden width of the evidence head's per-frame features.
 _C.SALIENCY.EVIDENCE_DIM = 64

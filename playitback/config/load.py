@@ -268,7 +268,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
     _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
     _choice(errors, "SALIENCY.METHOD", cfg.SALIENCY.METHOD, ("slots", "evidence"))
-    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, ("linear_softmax", "autopool"))
+    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, ("linear_softmax", "autopool", "attention"))
     if cfg.SALIENCY.EVIDENCE_FRAMES < 1 or cfg.SALIENCY.EVIDENCE_FRAMES % 2 == 0:
         errors.append(f"SALIENCY.EVIDENCE_FRAMES is {cfg.SALIENCY.EVIDENCE_FRAMES}; it must be odd and positive "
                       "(frames on each side of a frame, plus the frame)")
@@ -279,6 +279,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE,
             ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     _choice(errors, "MODEL.REPLAY", cfg.MODEL.REPLAY, ("saliency", "events", "random", "none"))
+    _choice(errors, "MODEL.REPLAY_RESOLUTION", cfg.MODEL.REPLAY_RESOLUTION, ("fine", "coarse"))
     if cfg.MODEL.REPLAY == "events" and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
         errors.append("MODEL.REPLAY events replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
                       "uid, event_start_s, event_stop_s) and MODEL.PLAYBACK of at least 1")

@@ -107,4 +107,5 @@ def build_model(cfg: CfgNode) -> nn.Module:
     return PlayItBack(encoder, saliency, build_decoder(cfg, encoder.num_features),
                       freeze_encoder=cfg.MODEL.FREEZE_ENCODER,
                       hops=[derived.playback_hop(cfg, i) for i in range(derived.num_playbacks(cfg))],
-                      replay_source=cfg.MODEL.REPLAY, budget=cfg.SALIENCY.BUDGET)
+                      replay_source=cfg.MODEL.REPLAY, budget=cfg.SALIENCY.BUDGET,
+                      replay_resolution=cfg.MODEL.REPLAY_RESOLUTION)

@@ -26,17 +26,21 @@ from playitback.models.saliency import normalise_per_sample
 
 __all__ = ["MIL_POOLINGS", "FrameEvidence", "mil_pool"]
 
-MIL_POOLINGS = ("linear_softmax", "autopool")
+MIL_POOLINGS = ("linear_softmax", "autopool", "attention")
 
 
-def mil_pool(frame_probs: Tensor, pooling: str, alpha: Tensor | None = None) -> Tensor:
+def mil_pool(frame_probs: Tensor, pooling: str, alpha: Tensor | None = None,
+             attention: Tensor | None = None) -> Tensor:
     """Pool frame probabilities into clip probabilities.
 
     Args:
         frame_probs: per-frame class probabilities in [0, 1], [B, T0, K].
         pooling: "linear_softmax": ``sum_t p^2 / sum_t p`` (each frame weighted by its own probability);
-            "autopool": ``sum_t p * softmax_t(alpha * p)`` with a learned per-class ``alpha`` (0: mean, large: max).
+            "autopool": ``sum_t p * softmax_t(alpha * p)`` with a learned per-class ``alpha`` (0: mean, large: max);
+            "attention": ``sum_t a_t p_t`` with one class-agnostic weight per frame (Ilse, Tomczak & Welling,
+            "Attention-based deep multiple instance learning", ICML 2018).
         alpha: [K], for "autopool".
+        attention: frame weights [B, T0] summing to 1 over time, for "attention".
 
     Returns:
         Clip probabilities in [0, 1], [B, K].
@@ -46,6 +50,8 @@ def mil_pool(frame_probs: Tensor, pooling: str, alpha: Tensor | None = None) -> 
     if pooling == "autopool":
         weights = torch.softmax(alpha * frame_probs, dim=1)
         return (frame_probs * weights).sum(1)
+    if pooling == "attention":
+        return (frame_probs * attention.unsqueeze(-1)).sum(1)
     raise ValueError(f"MIL pooling must be one of {MIL_POOLINGS}, got {pooling!r}")
 
 
@@ -56,7 +62,9 @@ class FrameEvidence(nn.Module):
         num_bins: mel bins F of the input.
         num_classes: classes per task (K = their sum); every class is scored with its own sigmoid.
         width: hidden width H of the per-frame features.
-        pooling: MIL pooling over time, one of :data:`MIL_POOLINGS`.
+        pooling: MIL pooling over time, one of :data:`MIL_POOLINGS`. With "attention" the saliency is the frame
+            weights of the pooling, one per frame for every class: class-agnostic, so where it replays is not a
+            function of the predicted class (the control for a class side channel in the replay's position).
         receptive_frames: frames (odd) that one frame's score sees. It must stay shorter than the events: MIL only
             asks that *some* frames explain the clip label, so with a wide field the evidence can fire on frames
             next to the event (measured on a toy task with 4-frame events: top-4 precision 1.00 with 3 frames,
@@ -96,6 +104,7 @@ class FrameEvidence(nn.Module):
             self.classify.bias.copy_(torch.cat([torch.full((int(k),), -math.log(max(int(k) - 1, 1)))
                                                 for k in num_classes]))
         self.alpha = nn.Parameter(torch.ones(total)) if pooling == "autopool" else None
+        self.attend = nn.Linear(width, 1) if pooling == "attention" else None
 
     def forward(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         """Score every frame.
@@ -105,8 +114,9 @@ class FrameEvidence(nn.Module):
 
         Returns:
             ``(saliency, clip_probs)``: saliency [B, T0] in [0, 1] (the frame probabilities of the classes the clip
-            is predicted to hold, weighted by those predictions, min-max normalised per sample; all zeros if
-            constant) and the MIL clip probabilities [B, K] that the saliency objective trains.
+            is predicted to hold, weighted by those predictions, or with "attention" pooling the frame weights;
+            min-max normalised per sample; all zeros if constant) and the MIL clip probabilities [B, K] that the
+            saliency objective trains.
         """
         if spectrogram.dim() != 3:
             raise ValueError(f"FrameEvidence: spectrogram must be [B, T0, F], got {tuple(spectrogram.shape)}")
@@ -117,6 +127,9 @@ class FrameEvidence(nn.Module):
         x = x.permute(0, 2, 1, 3).flatten(2)  # [B, T0, C * F / 16], frequency position kept
         x = F.gelu(self.project(x))  # [B, T0, H]
         frame_probs = torch.sigmoid(self.classify(x).float())  # [B, T0, K]
+        if self.attend is not None:
+            attention = torch.softmax(self.attend(x).squeeze(-1).float(), dim=1)  # [B, T0]
+            return normalise_per_sample(attention), mil_pool(frame_probs, self.pooling, attention=attention)
         clip_probs = mil_pool(frame_probs, self.pooling, self.alpha)
         # Label-free, so training and evaluation select frames the same way.
         weights = clip_probs.detach()

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from playitback.models.mvit import MViT
 from playitback.models.output import ModelOutput
-from playitback.models.replay import frame_centres, mask_from_frame_times, random_span_mask, replay
+from playitback.models.replay import coarse_playback, frame_centres, mask_from_frame_times, random_span_mask, replay
 from playitback.models.evidence import FrameEvidence
 from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask, selection_weights
 from playitback.models.tempr import TemPr
@@ -53,6 +53,7 @@ class EncoderClassifier(nn.Module):
 
 
 REPLAY_SOURCES = ("saliency", "events", "random", "none")
+REPLAY_RESOLUTIONS = ("fine", "coarse")
 
 
 def nominal_hops(num_playbacks: int) -> list[int]:
@@ -89,17 +90,22 @@ class PlayItBack(nn.Module):
         budget: share of the frames of each composite to replay (a fixed budget, see
             :func:`~playitback.models.saliency.saliency_mask`); 0 replays the frames above the mean saliency (the
             original).
+        replay_resolution: what the replayed frames show: "fine" (the next playback's frames, the method) or
+            "coarse" (playback 0 interpolated onto the next playback's time grid, :func:`~playitback.models.replay.
+            coarse_playback`: the same spans, stretched the same way, without the finer hop; a control).
     """
 
     def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency | FrameEvidence], decoder: TemPr,
                  freeze_encoder: bool = True, hops: Sequence[int] | None = None,
-                 replay_source: str = "saliency", budget: float = 0.0) -> None:
+                 replay_source: str = "saliency", budget: float = 0.0, replay_resolution: str = "fine") -> None:
         super().__init__()
         if len(saliency) < 2:
             raise ValueError(f"PlayItBack needs at least 2 playbacks (one saliency module each), got {len(saliency)}; "
                              "use EncoderClassifier for the encoder alone")
         if replay_source not in REPLAY_SOURCES:
             raise ValueError(f"replay_source must be one of {REPLAY_SOURCES}, got {replay_source!r}")
+        if replay_resolution not in REPLAY_RESOLUTIONS:
+            raise ValueError(f"replay_resolution must be one of {REPLAY_RESOLUTIONS}, got {replay_resolution!r}")
         hops = list(hops) if hops is not None else nominal_hops(len(saliency))
         if len(hops) != len(saliency) or any(not isinstance(h, int) or h < 1 for h in hops):
             raise ValueError(f"hops must be {len(saliency)} positive ints (one per playback), got {hops}")
@@ -111,6 +117,7 @@ class PlayItBack(nn.Module):
         self.hops = hops
         self.replay_source = replay_source
         self.budget = budget
+        self.replay_resolution = replay_resolution
         self.uses_evidence = isinstance(saliency[0], FrameEvidence)
         if any(isinstance(module, FrameEvidence) != self.uses_evidence for module in saliency):
             raise ValueError("PlayItBack: every playback's saliency must be of one kind (TemporalSaliency or "
@@ -187,7 +194,10 @@ class PlayItBack(nn.Module):
             if i + 1 < self.num_playbacks:
                 mask = self._replay_mask(saliency, times, replay_masks)
                 masks.append(mask)
-                composite, times = replay(composite, times, playbacks[i + 1], self.hops[i + 1], mask)
+                finer = playbacks[i + 1]
+                if self.replay_resolution == "coarse":
+                    finer = coarse_playback(playbacks[0], self.hops[0], self.hops[i + 1], finer.shape[1])
+                composite, times = replay(composite, times, finer, self.hops[i + 1], mask)
                 composites.append(composite)
                 all_times.append(times)
         decoded = self.decoder(tokens)

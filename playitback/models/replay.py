@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "coarse_playback",
     "frame_centres",
     "mask_from_frame_times",
     "random_span_mask",
@@ -147,6 +148,35 @@ def replay(composite: Tensor, times: Tensor, finer: Tensor, finer_hop: int, mask
     row = index + length * torch.arange(batch, device=index.device).unsqueeze(1)  # [B, T0]
     new_composite = source.reshape(batch * length, bins).index_select(0, row.flatten()).reshape(batch, frames, bins)
     return new_composite, new_times
+
+
+def coarse_playback(playback0: Tensor, hop0: int, finer_hop: int, finer_frames: int) -> Tensor:
+    """Playback 0 read on a finer playback's time grid: the same frame centres, no new time resolution.
+
+    Frame k of the result is playback 0 linearly interpolated at time ``k * finer_hop`` (frame ``k * finer_hop /
+    hop0`` of playback 0; held at the last frame past the end). Replaying from it instead of the finer playback is the
+    control for the finer hop: the same spans are replaced by as many frames, stretched the same way, but every frame
+    shows only what playback 0 already resolved.
+
+    Args:
+        playback0: log-mel of playback 0, [B, T0, F]; frame j centred at ``j * hop0`` ticks.
+        hop0: ticks between playback-0 frames.
+        finer_hop: ticks between the finer playback's frames.
+        finer_frames: frames of the finer playback, T_f.
+
+    Returns:
+        [B, T_f, F], same dtype and device as ``playback0``.
+    """
+    if playback0.dim() != 3:
+        raise ValueError(f"coarse_playback: playback0 must be [B, T0, F], got shape {tuple(playback0.shape)}")
+    last = playback0.shape[1] - 1
+    ticks = torch.arange(finer_frames, device=playback0.device) * finer_hop  # [T_f]
+    left = torch.div(ticks, hop0, rounding_mode="floor").clamp_max(last)
+    right = (left + 1).clamp_max(last)
+    # Exact integer remainder, so frames that fall on a playback-0 centre copy it unchanged.
+    weight = ((ticks - left * hop0).clamp(0, hop0).to(playback0.dtype) / hop0).view(1, -1, 1)
+    weight = torch.where((left == last).view(1, -1, 1), torch.zeros_like(weight), weight)
+    return torch.lerp(playback0.index_select(1, left), playback0.index_select(1, right), weight)
 
 
 def mask_from_frame_times(frame_mask: Tensor, times: Tensor, hop: int) -> Tensor:
