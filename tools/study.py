@@ -40,7 +40,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -235,7 +234,6 @@ def execute(runs: Sequence[Run], jobs: int, log: Callable[[str], None] = print) 
     pending = [run for run in runs if run.name not in finished]
     total, started_at, durations = len(runs), time.monotonic(), []
     log(f"study: {total} runs, {len(finished)} already done, {len(pending)} to run, {jobs} at a time")
-    lock = threading.Lock()
     failures: list[BaseException] = []
     running: dict[Future, tuple[Run, float]] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -253,17 +251,15 @@ def execute(runs: Sequence[Run], jobs: int, log: Callable[[str], None] = print) 
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 run, start = running.pop(future)
-                with lock:
-                    if future.exception() is not None:
-                        failures.append(future.exception())
-                        log(f"FAILED {run.name}: {future.exception()}")
-                        continue
-                    finished.add(run.name)
-                    durations.append(time.monotonic() - start)
-                    left = len(pending) + len(running)
-                    eta = statistics.mean(durations) * left / jobs
-                    log(f"[{len(finished)}/{total}] done {run.name} in {durations[-1]:.0f} s; "
-                        f"elapsed {time.monotonic() - started_at:.0f} s, about {eta / 60:.0f} min left")
+                if future.exception() is not None:
+                    failures.append(future.exception())
+                    log(f"FAILED {run.name}: {future.exception()}")
+                    continue
+                finished.add(run.name)
+                durations.append(time.monotonic() - start)
+                eta = statistics.mean(durations) * (len(pending) + len(running)) / jobs
+                log(f"[{len(finished)}/{total}] done {run.name} in {durations[-1]:.0f} s; "
+                    f"elapsed {time.monotonic() - started_at:.0f} s, about {eta / 60:.0f} min left")
     if failures:
         raise failures[0]
 

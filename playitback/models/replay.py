@@ -173,9 +173,9 @@ def coarse_playback(playback0: Tensor, hop0: int, finer_hop: int, finer_frames: 
     ticks = torch.arange(finer_frames, device=playback0.device) * finer_hop  # [T_f]
     left = torch.div(ticks, hop0, rounding_mode="floor").clamp_max(last)
     right = (left + 1).clamp_max(last)
-    # Exact integer remainder, so frames that fall on a playback-0 centre copy it unchanged.
-    weight = ((ticks - left * hop0).clamp(0, hop0).to(playback0.dtype) / hop0).view(1, -1, 1)
-    weight = torch.where((left == last).view(1, -1, 1), torch.zeros_like(weight), weight)
+    # Exact integer remainder, so frames that fall on a playback-0 centre copy it unchanged; past the end, held.
+    remainder = torch.where(left == last, 0, ticks - left * hop0)
+    weight = (remainder.to(playback0.dtype) / hop0).view(1, -1, 1)
     return torch.lerp(playback0.index_select(1, left), playback0.index_select(1, right), weight)
 
 
