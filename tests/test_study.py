@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from study import Run, execute, paired_bootstrap
+from study import Run, execute, interleave_seeds, paired_bootstrap
 
 
 def test_runs_start_after_what_they_wait_for_and_done_runs_are_skipped() -> None:
@@ -35,3 +35,10 @@ def test_paired_bootstrap_interval() -> None:
     assert low < 20 < high and low > 5 and high < 35
     same_low, same_high = paired_bootstrap(reference, reference)
     assert same_low == same_high == 0.0
+
+
+def test_seeds_are_interleaved_so_every_seed_gets_its_baseline_before_the_controls() -> None:
+    per_seed = [[Run(f"seed{k}/{name}", lambda: None) for name in names]
+                for k, names in enumerate((["stage1", "encoder_only", "coarse"], ["stage1", "encoder_only"]))]
+    assert [run.name for run in interleave_seeds(per_seed)] == [
+        "seed0/stage1", "seed1/stage1", "seed0/encoder_only", "seed1/encoder_only", "seed0/coarse"]

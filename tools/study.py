@@ -35,6 +35,7 @@ from its last checkpoint (TRAIN.AUTO_RESUME), so the same command continues an i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -165,7 +166,8 @@ def is_playitback(cfg_file: Path, opts: Sequence[str]) -> bool:
 
 
 def plan_seed(study: Study, seed: int, controls: Sequence[str], swaps: Sequence[str]) -> list[Run]:
-    """The runs of one seed: stage 1, then every variant trained from its checkpoint and tested, then the swaps."""
+    """The runs of one seed: stage 1, the baseline and the method trained from its checkpoint and tested, the swaps,
+    then the trained controls."""
     root = study.out / f"seed{seed}"
     seeded = [*study.dataset_opts, "RNG_SEED", str(seed), "TRAIN.AUTO_RESUME", "True"]
     events = ["DATA.EVENTS_FILE", str(study.events_csv)] if study.events_csv else []
@@ -177,9 +179,10 @@ def plan_seed(study: Study, seed: int, controls: Sequence[str], swaps: Sequence[
     def stage1_checkpoint() -> Path:
         return checkpoint_of(study, study.stage1, stage1_dir, stage1_opts)
 
-    runs = [Run(f"seed{seed}/stage1", lambda: run_net(study, stage1_dir / "study.log", ["--cfg", str(study.stage1),
-                                                                                     *stage1_opts]),
-                done=lambda: is_trained(study, study.stage1, stage1_dir, stage1_opts))]
+    stage1 = Run(f"seed{seed}/stage1", lambda: run_net(study, stage1_dir / "study.log", ["--cfg", str(study.stage1),
+                                                                                      *stage1_opts]),
+                 done=lambda: is_trained(study, study.stage1, stage1_dir, stage1_opts))
+    variant_runs: dict[str, list[Run]] = {}
     for name in (BASELINE, METHOD, *controls):
         cfg_file, opts = variant_config(study, name)
         out = root / name
@@ -205,9 +208,10 @@ def plan_seed(study: Study, seed: int, controls: Sequence[str], swaps: Sequence[
         def trained(cfg_file: Path = cfg_file, train_opts: list[str] = train_opts, out: Path = out) -> bool:
             return is_trained(study, cfg_file, out, train_opts)
 
-        runs.append(Run(f"seed{seed}/{name}", train, (f"seed{seed}/stage1",), trained))
-        runs.append(Run(f"seed{seed}/{name}:test", test, (f"seed{seed}/{name}",),
-                        lambda out=out: last_metrics(out, "test_final") is not None))
+        variant_runs[name] = [Run(f"seed{seed}/{name}", train, (f"seed{seed}/stage1",), trained),
+                              Run(f"seed{seed}/{name}:test", test, (f"seed{seed}/{name}",),
+                                  lambda out=out: last_metrics(out, "test_final") is not None)]
+    swap_runs = []
     for name in swaps:
         swap_opts, _ = SWAPS[name]
         out = root / name
@@ -221,9 +225,17 @@ def plan_seed(study: Study, seed: int, controls: Sequence[str], swaps: Sequence[
             run_net(study, out / "study.log", ["--cfg", str(study.stage2), *test_opts,
                                                "TEST.CHECKPOINT_FILE_PATH", str(checkpoint)])
 
-        runs.append(Run(f"seed{seed}/{name}", swap, (f"seed{seed}/{METHOD}",),
-                        lambda out=out: last_metrics(out, "test_final") is not None))
-    return runs
+        swap_runs.append(Run(f"seed{seed}/{name}", swap, (f"seed{seed}/{METHOD}",),
+                             lambda out=out: last_metrics(out, "test_final") is not None))
+    # The swaps take seconds, so they go before the trained controls.
+    return [stage1, *variant_runs[BASELINE], *variant_runs[METHOD], *swap_runs,
+            *(run for name in controls for run in variant_runs[name])]
+
+
+def interleave_seeds(per_seed: Sequence[Sequence[Run]]) -> list[Run]:
+    """The runs of every seed, round robin (each seed's first run, then each seed's second, ...): an interrupted study
+    then has the method and its baseline on every seed before the controls of the first."""
+    return [run for rank in itertools.zip_longest(*per_seed) for run in rank if run is not None]
 
 
 def execute(runs: Sequence[Run], jobs: int, log: Callable[[str], None] = print) -> None:
@@ -417,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   out=args.out.resolve(), stage2_epochs=args.stage2_epochs, stage1_epochs=args.stage1_epochs,
                   threads=max(1, (os.cpu_count() or 1) // args.jobs))
     seeds = list(range(args.seeds))
-    runs = [run for seed in seeds for run in plan_seed(study, seed, controls, swaps)]
+    runs = interleave_seeds([plan_seed(study, seed, controls, swaps) for seed in seeds])
     execute(runs, args.jobs)
     names = [BASELINE, METHOD, *controls, *swaps]
     summary = summarise(study, seeds, names)
