@@ -107,7 +107,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "empty": (empty, "cannot decode as audio"),
         "text": (text, "cannot decode as audio"),
         "no_frames": (no_frames, "no audio samples after decoding"),
-        "truncated": (truncated, "cannot decode as audio|truncated"),
+        "truncated": (truncated, "^short: .* could be decoded"),
         "nan": (nan, "NaN or infinite samples"),
     }
 
@@ -117,7 +117,7 @@ def test_bad_files_raise_naming_the_file(tmp_path: Path, case: str) -> None:
     path, problem = _bad_files(tmp_path)[case]
     with pytest.raises(AudioReadError, match=problem) as info:
         read_audio_file(path, RATE)
-    assert str(info.value).startswith(str(path))
+    assert str(info.value).removeprefix("short: ").startswith(str(path))
 
 
 # ---- HDF5 --------------------------------------------------------------------------------------------------------

@@ -19,9 +19,11 @@ import sys
 # (active) policy made CPU training steps up to 20x slower. Must be set before torch starts OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from playitback.config import ConfigError, load_config  # noqa: E402
-from playitback.engine.trainer import test, train  # noqa: E402
+from playitback.config import load_config  # noqa: E402
+from playitback.engine.trainer import train_and_test  # noqa: E402
+from playitback.utils.cli import exit_on_user_error  # noqa: E402
 from playitback.utils.distributed import gpu_errors, launch_job  # noqa: E402
+from playitback.utils.errors import DEBUG_ENV, USER_ERROR_EXIT  # noqa: E402
 
 EPILOG = """\
 Overrides: any number of KEY VALUE pairs after the flags, e.g. `NUM_GPUS 0 SOLVER.BASE_LR 1e-3 OUTPUT_DIR runs/a`.
@@ -31,7 +33,12 @@ closest valid key. See docs/config.md for every key.
 Processes: NUM_GPUS 0 runs on the CPU (gloo); NUM_GPUS 1 one process on one GPU; NUM_GPUS N > 1 spawns N processes on
 this machine (NCCL), and with --num_shards M the job spans M machines started with the same command and their own
 --shard_id. Under torchrun or srun the launcher's RANK/WORLD_SIZE/LOCAL_RANK (or SLURM_PROCID/SLURM_NTASKS/
-SLURM_LOCALID) are used instead of spawning. The config stages run in order: TRAIN.ENABLE, then TEST.ENABLE.
+SLURM_LOCALID) are used instead of spawning. The config stages run in order in the same processes: TRAIN.ENABLE,
+then TEST.ENABLE.
+
+Errors: a problem you can fix (a config key or value, a missing file or checkpoint, a bad annotation file, a frozen
+encoder without weights) ends with one line `error: ...` naming it and the fix, exit status 2. --debug (or the
+environment variable PLAYITBACK_DEBUG=1) shows the traceback instead.
 """
 
 
@@ -45,27 +52,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_shards", type=int, default=1, help="number of machines in the job")
     parser.add_argument("--init_method", default="tcp://localhost:9999",
                         help="rendezvous URL of spawned processes (tcp://host:port or file:///shared/path)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a user error (a config, path or file problem); same as {DEBUG_ENV}=1")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.cfg_file, args.opts, shard_id=args.shard_id, num_shards=args.num_shards)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # spawned processes inherit it
+    return exit_on_user_error(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.cfg_file, args.opts, shard_id=args.shard_id, num_shards=args.num_shards)
     # Before any process, process group or OUTPUT_DIR exists (the shipped configs ask for 8 GPUs).
     for problem in gpu_errors(cfg.NUM_GPUS):
         print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if cfg.TRAIN.ENABLE:
-        result = launch_job(cfg, args.init_method, train)
-        if isinstance(result, dict) and result.get("stopped"):
-            return 0  # preempted: the checkpoint is saved; the same command resumes (and then tests)
-    if cfg.TEST.ENABLE:
-        launch_job(cfg, args.init_method, test)
+        return USER_ERROR_EXIT
+    # A preempted training saves and returns 0 without testing: the same command resumes, then tests.
+    launch_job(cfg, args.init_method, train_and_test)
     return 0
 
 

@@ -217,18 +217,15 @@ class RunNetJob:
         signal.raise_signal(signal.SIGUSR2)
 
     def __call__(self) -> Any:
-        from playitback.engine.trainer import test, train
+        from playitback.engine.trainer import train_and_test
         from playitback.utils.distributed import launch_job
 
         os.environ.update(rendezvous_env(os.environ))
         cfg = load_config(self.cfg_file, task_opts(self.opts, self.gpus_per_node), num_shards=self.nodes)
         self.install_time_limit_handler()
-        result = launch_job(cfg, "env://", train) if cfg.TRAIN.ENABLE else None
+        result = launch_job(cfg, "env://", train_and_test)
         if should_requeue(result, self.time_limit_warned):
             self.requeue()
-            return result
-        if cfg.TEST.ENABLE and not (isinstance(result, Mapping) and result.get("stopped")):
-            result = launch_job(cfg, "env://", test)
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

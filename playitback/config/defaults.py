@@ -383,6 +383,10 @@ _C.DATA_LOADER.ON_BAD_FILE = "auto"
 # Stop when more than this fraction of an epoch's training items could not be decoded (absent files are left out at
 # start, see DATA.CHECK_FILES).
 _C.DATA_LOADER.MAX_BAD_FRACTION = 0.01
+# A file that decodes to less than this fraction of the audio its annotation asks for (its segment, or
+# AUDIO_DATA.CLIP_SECS when the annotation runs to the end of the file) is a bad file of kind "short" (a partial
+# download, a cut file), handled as ON_BAD_FILE says; 0 accepts any length (shorter audio is padded with silence).
+_C.DATA_LOADER.MIN_AUDIO_FRACTION = 0.5
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Datasets.

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode
 
+from playitback.utils.errors import UserError
 from playitback.config import derived
 from playitback.config.defaults import ENCODER_VARIANTS, REMOVED_KEYS, get_cfg
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 BASE_KEY = "_BASE_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value a user has to fix."""
 
 
@@ -390,6 +391,9 @@ def validation_errors(cfg: CfgNode) -> list[str]:
         errors.append(f"SOLVER.LAYER_DECAY ({cfg.SOLVER.LAYER_DECAY}) must be in (0, 1] (1.0: off)")
     if not 0 <= cfg.DATA_LOADER.MAX_BAD_FRACTION <= 1:
         errors.append("DATA_LOADER.MAX_BAD_FRACTION must be in [0, 1]")
+    if not 0 <= cfg.DATA_LOADER.MIN_AUDIO_FRACTION <= 1:
+        errors.append(f"DATA_LOADER.MIN_AUDIO_FRACTION must be in [0, 1] (0 accepts any length), got "
+                      f"{cfg.DATA_LOADER.MIN_AUDIO_FRACTION}")
     if not 0 <= cfg.DATA.MIN_FOUND_FRACTION <= 1:
         errors.append("DATA.MIN_FOUND_FRACTION must be in [0, 1]")
     if cfg.DATA_LOADER.NUM_WORKERS < 0:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from playitback.utils.errors import UserError
 from playitback.data.audio_io import AUDIO_EXTENSIONS
 from playitback.data.records import ClipRecord
 from playitback.data.safe_pickle import UnsafePickleError, load_dataframe_pickle
@@ -59,7 +60,7 @@ _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _EPIC_COLUMNS = ("video_id", "start_timestamp", "stop_timestamp", "verb", "verb_class", "noun", "noun_class")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file cannot be turned into clip records; the message names the file, the problem and the fix."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from playitback.utils.errors import UserError
 from playitback.data.records import ClipRecord
 
 __all__ = [
@@ -40,11 +41,18 @@ _RESAMPLE_QUALITY = "HQ"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
 
 
-class AudioReadError(RuntimeError):
+class AudioReadError(UserError, RuntimeError):
     """An audio file or HDF5 entry cannot be read; the message names the file and the problem."""
 
 
-class AudioRateError(ValueError):
+class ShortAudioError(AudioReadError):
+    """An audio file that decodes to much less audio than its annotation or the clip length says (a partial download,
+    a cut file). Its message starts with ``short:``, the kind bad_files.txt and the epoch's counts name it by."""
+
+    KIND = "short"
+
+
+class AudioRateError(UserError, ValueError):
     """The recordings' lengths do not fit their annotations at the rate they would be read at."""
 
 
@@ -126,7 +134,8 @@ def decode_segment(
         (float32 samples ``[S]``, the file's sample rate).
 
     Raises:
-        AudioReadError: Not decodable audio, truncated, empty, or the segment lies outside it.
+        AudioReadError: Not decodable audio, empty, or the segment lies outside it.
+        ShortAudioError: Fewer frames decode than the header promises (a cut file).
     """
     try:
         with sf.SoundFile(source) as handle:
@@ -136,7 +145,7 @@ def decode_segment(
             first, last = segment_frames(where, handle.frames, rate, start_s, stop_s)
             if first:
                 handle.seek(first)
-            frames = handle.read(last - first, dtype="float32", always_2d=True)
+            frames, failure = _read_frames(handle, last - first)
     except AudioReadError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
@@ -144,11 +153,32 @@ def decode_segment(
             f"{where}: cannot decode as audio ({err}); the file is corrupt or not wav/flac/ogg/mp3"
         ) from err
     if len(frames) != last - first:
-        raise AudioReadError(
-            f"{where}: truncated: the header promises {last - first} frames from frame {first}, only {len(frames)} "
-            "could be decoded; re-extract the audio"
+        raise ShortAudioError(
+            f"{ShortAudioError.KIND}: {where}: only {len(frames) / rate:.2f} s of the {(last - first) / rate:.2f} s "
+            f"its header promises from {first / rate:.2f} s could be decoded{f' ({failure})' if failure else ''}: "
+            "a partial download or a cut file; re-extract the audio"
         )
     return (frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)), rate
+
+
+def _read_frames(handle: sf.SoundFile, count: int, block: int = 1 << 14) -> tuple[np.ndarray, str]:
+    """Up to `count` frames [N, channels] from the handle's position, block by block, so that a stream that breaks
+    off (a cut FLAC or MP3 loses sync) gives what came before the break; and the decoder's error ("" if none)."""
+    blocks, remaining = [], count
+    while remaining > 0:
+        try:
+            chunk = handle.read(min(block, remaining), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            return _stack(blocks, handle.channels), str(err)
+        if not len(chunk):
+            break
+        blocks.append(chunk)
+        remaining -= len(chunk)
+    return _stack(blocks, handle.channels), ""
+
+
+def _stack(blocks: list[np.ndarray], channels: int) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros((0, channels), dtype=np.float32)
 
 
 def read_audio_file(

@@ -16,6 +16,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
+from playitback.utils.errors import UserError
 from playitback.config import derived
 from playitback.data.annotations import (
     AnnotationError,
@@ -143,7 +144,7 @@ def load_split_records(cfg: CfgNode, split: str) -> list[ClipRecord]:
     for record in records:
         limits = counts if cfg.MODEL.MULTITASK else counts * len(record.labels)
         if any(not 0 <= label < limit for label, limit in zip(record.labels, limits)):
-            raise ValueError(
+            raise AnnotationError(
                 f"{files.annotation_files[0].parent}: clip {record.uid} has label(s) {record.labels} outside the "
                 f"model's classes {counts}; set MODEL.NUM_CLASSES (or MULTITASK_CLASSES) to the dataset's class count"
             )
@@ -178,7 +179,7 @@ def skip_bad_files(cfg: CfgNode, split: str) -> bool:
     return split == "train" if policy == "auto" else policy == "skip"
 
 
-class MissingAudioError(RuntimeError):
+class MissingAudioError(UserError, RuntimeError):
     """Too few of a split's listed clips have their audio on disk."""
 
 
@@ -292,6 +293,7 @@ def build_dataset(cfg: CfgNode, split: str, records: list[ClipRecord] | None = N
                                  cfg.AUDIO_DATA.FRAMES0 * derived.playback_hop(cfg, 0) / cfg.AUDIO_DATA.SAMPLING_RATE,
                                  cfg.AUDIO_DATA.FRAMES0) if cfg.DATA.EVENTS_FILE else None,
         num_listed=num_listed,
+        min_audio_fraction=cfg.DATA_LOADER.MIN_AUDIO_FRACTION,
     )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from playitback.data.audio_io import AudioReadError
+from playitback.data.audio_io import AudioReadError, ShortAudioError
 from playitback.data.records import ClipRecord
 
 
@@ -77,6 +77,10 @@ class AudioClipDataset(Dataset):
             and the evaluation leaves it out;
         "skipped": names of bad files met for this item (ON_BAD_FILE skip), usually empty.
 
+    A file that decodes to less than `min_audio_fraction` of the audio its record asks for (its annotated segment, or
+    `clip_samples` when the record runs to the end of its file) is a bad file too, of kind "short" (ShortAudioError):
+    a partial download would otherwise train and test as padding.
+
     An unreadable file (ON_BAD_FILE skip) is replaced by another clip in training, so every batch stays full; in
     val/test it is never replaced (a substitute would score another clip twice): the item comes back with
     "readable" False and the evaluation counts and names it.
@@ -103,6 +107,7 @@ class AudioClipDataset(Dataset):
         max_substitutes: int = 10,
         event_frames: Callable[[ClipRecord, float], torch.Tensor] | None = None,
         num_listed: int | None = None,
+        min_audio_fraction: float = 0.0,
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be train, val or test, not {mode!r}")
@@ -122,6 +127,7 @@ class AudioClipDataset(Dataset):
         self.event_frames = event_frames
         self.max_substitutes = max_substitutes
         self.num_listed = len(self.records) if num_listed is None else num_listed
+        self.min_audio_fraction = min_audio_fraction
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -135,9 +141,23 @@ class AudioClipDataset(Dataset):
         """(crop [clip_samples], crop start in seconds from the start of the file, valid samples of the crop)."""
         record = self.records[record_index]
         segment = self.reader(record)
+        self._check_length(record, segment.shape[0])
         start = crop_start(segment.shape[0], self.clip_samples, self.mode, view, self.num_views, rng)
         crop, valid = crop_or_pad(segment, start, self.clip_samples)
         return crop, record.start_s + start / self.sample_rate, valid
+
+    def _check_length(self, record: ClipRecord, samples: int) -> None:
+        """Raise ShortAudioError when `samples` is below min_audio_fraction of what the record asks for."""
+        annotated = record.stop_s is not None
+        expected = round((record.stop_s - record.start_s) * self.sample_rate) if annotated else self.clip_samples
+        if samples < self.min_audio_fraction * expected:
+            rate = self.sample_rate
+            raise ShortAudioError(
+                f"{ShortAudioError.KIND}: clip {record.uid} ({record.source}) decodes to {samples / rate:.2f} s of "
+                f"audio, but its {'annotation' if annotated else 'clip length'} says {expected / rate:.2f} s (below "
+                f"DATA_LOADER.MIN_AUDIO_FRACTION {self.min_audio_fraction:g}): a partial download or a cut file; "
+                "re-extract it"
+            )
 
     def _load_training_item(self, item: int, draws: list[int]) -> tuple[int, tuple[np.ndarray, float, int], list[str]]:
         """(record index, loaded crop, messages of the bad files replaced on the way); `draws` joins the crop's seed."""
@@ -202,3 +222,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch["skipped"] = [msg for messages in per_item for msg in messages]
     batch["replaced"] = sum(1 for messages in per_item if messages)
     return batch
+
+
+def count_short(messages: Sequence[str]) -> int:
+    """How many bad-file messages are short reads (ShortAudioError)."""
+    return sum(1 for message in messages if message.startswith(f"{ShortAudioError.KIND}:"))

@@ -40,6 +40,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from playitback.utils.errors import UserError
 from playitback.data.audio_io import (
     AudioReadError,
     FileAudioReader,
@@ -77,7 +78,7 @@ _TABLE = ("clip_id", "offset", "length", "frames", "sample_rate", "crc32")
 _COPY_BLOCK = 1 << 26  # bytes moved per write when the payload is copied into the HDF5 file
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A pack is incomplete, inconsistent or corrupt; the message names the file, the clip and the fix."""
 
 

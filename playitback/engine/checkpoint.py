@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from playitback.utils.errors import UserError
 from playitback.models.weights import LoadReport, remap_state_dict
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,12 @@ CHECKPOINT_DIRNAME = "checkpoints"
 TRAINING_STATE_KEYS = ("iteration_in_epoch", "global_step", "rng_states", "optimizer_state", "scaler_state")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used: truncated, corrupt, or refused by weights-only loading."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -127,23 +132,25 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     _fsync_directory(path.parent)
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
+def load_checkpoint_file(path: str | Path, key: str = "") -> dict:
     """Loads a checkpoint on the CPU with ``weights_only=True``.
 
     Args:
         path: Checkpoint file.
+        key: the config key or flag that named it, for the messages.
 
     Returns:
         The checkpoint dict.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
+        CheckpointNotFoundError: If the file does not exist.
         UnsafeCheckpointError: If the file holds pickled Python objects beyond tensors and plain containers.
         CheckpointError: If the file is truncated or corrupt.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist{f' ({key})' if key else ''}; give the path "
+                                      "of a checkpoint file, e.g. <OUTPUT_DIR>/checkpoints/checkpoint_best.pyth")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -254,7 +261,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterable[str] = (),
-                 strict: bool = False) -> tuple[dict, LoadReport]:
+                 strict: bool = False, key: str = "") -> tuple[dict, LoadReport]:
     """Load model weights from a checkpoint (PlayItBack, encoder pretraining, or a bare/ImageNet MViTv2 state dict).
 
     Args:
@@ -263,6 +270,7 @@ def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterab
         clear_name_patterns: Substrings removed from the checkpoint's keys (TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN).
         strict: Require every weight of the model from the checkpoint (testing, prediction: a decoder or head left at
             its random initialisation would give confident nonsense).
+        key: the config key or flag that named the file, for the messages.
 
     Returns:
         (the checkpoint dict, the report of which model keys it filled).
@@ -270,7 +278,7 @@ def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterab
     Raises:
         CheckpointError: No weight matches, or (strict) some are missing.
     """
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = load_checkpoint_file(path, key)
     source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
     mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
     if not report.loaded:

@@ -143,7 +143,8 @@ class Checkpointer:
         its last; an encoder or MViTv2 checkpoint) gives weights only.
         """
         path = self.start_from
-        checkpoint, report = ckpt.load_weights(du.unwrap_model(model), path, self.clear_name_patterns)
+        checkpoint, report = ckpt.load_weights(du.unwrap_model(model), path, self.clear_name_patterns,
+                                               key="TRAIN.CHECKPOINT_FILE_PATH")
         if not ckpt.is_training_checkpoint(checkpoint):
             logger.info("%s is not a playitback training checkpoint: loaded its weights only; the optimiser, "
                         "GradScaler, schedule and epoch start fresh", path)

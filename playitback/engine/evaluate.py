@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from playitback.data.dataset import AudioClipDataset
+from playitback.data.dataset import AudioClipDataset, count_short
 from playitback.data.labels import LabelSpace
 from playitback.engine.reproducibility import PER_CLASS_FILE, write_per_class_csv
 from playitback.engine.task import ClassificationTask
@@ -128,8 +128,8 @@ def _coverage(output_dir: str | Path, dataset: AudioClipDataset, scored: int, ba
     if unreadable or missing:
         logger.warning("%s metrics cover %d of the %d listed clips (%d absent at start, %d unreadable)", split,
                        scored, dataset.num_listed, missing, unreadable)
-    return {"clips": float(scored), "clips_unreadable": float(unreadable), "clips_missing": float(missing),
-            "clips_listed": float(dataset.num_listed)}
+    return {"clips": float(scored), "clips_unreadable": float(unreadable), "clips_short": float(count_short(bad_files)),
+            "clips_missing": float(missing), "clips_listed": float(dataset.num_listed)}
 
 
 def write_scores(scores_dir: str | Path, evaluation: Evaluation, label_space: LabelSpace, name: str = "test",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from playitback.data.dataset import count_short
 from playitback.engine.optim import LRSchedule, clip_gradients, set_lr
 from playitback.engine.task import ClassificationTask
 from playitback.utils import distributed as du
@@ -166,7 +167,8 @@ def train_one_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], 
 
     Returns:
         The epoch's mean loss terms, "skipped_steps" (optimiser steps dropped for a non-finite loss) and
-        "replaced_items" (unreadable items the dataset replaced).
+        "replaced_items" (unreadable items the dataset replaced) and "short_items" (the short reads among the bad
+        files met).
     """
     model = task.model
     model.train()
@@ -174,7 +176,7 @@ def train_one_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], 
     window, epoch_avg = _Averager(), _Averager()
     tic = data_tic = time.perf_counter()
     data_time = 0.0
-    window_batches = skipped_steps = replaced_items = 0
+    window_batches = skipped_steps = replaced_items = short_items = 0
     first_iteration = state.iteration
     group_size, group_finite, stop_pending, lr = 1, True, False, math.nan
     progress = tqdm(total=iters_per_epoch, initial=state.iteration, desc=f"epoch {state.epoch + 1}",
@@ -191,6 +193,7 @@ def train_one_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], 
         last_in_group = position + 1 == group_size
         bad_files.extend(batch["skipped"])
         replaced_items += batch["replaced"]
+        short_items += count_short(batch["skipped"])
         with _gradient_sync(model, sync=last_in_group):
             _, losses, _ = task.step(batch, train=True)
             finite, stop_now = _step_agreement(losses["loss"], stop.requested)
@@ -244,6 +247,7 @@ def train_one_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], 
     result = epoch_avg.read()
     result["skipped_steps"] = float(skipped_steps)
     result["replaced_items"] = float(replaced_items)
+    result["short_items"] = float(short_items)
     return result
 
 

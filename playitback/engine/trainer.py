@@ -20,6 +20,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from playitback.utils.errors import UserError
 from playitback.config import derived, dump_config
 from playitback.data.build import build_dataset, build_label_space, build_loader
 from playitback.data.dataset import AudioClipDataset
@@ -50,11 +51,11 @@ from playitback.utils.logging import MetricWriter, setup_logging
 logger = logging.getLogger(__name__)
 
 
-class TooManyBadFilesError(RuntimeError):
+class TooManyBadFilesError(UserError, RuntimeError):
     """More than DATA_LOADER.MAX_BAD_FRACTION of an epoch's items could not be read."""
 
 
-class RandomWeightsError(RuntimeError):
+class RandomWeightsError(UserError, RuntimeError):
     """Weights that no checkpoint provided would be trained on frozen or tested (see MODEL.ALLOW_RANDOM_WEIGHTS)."""
 
 
@@ -147,6 +148,25 @@ def validate_epoch(task: ClassificationTask, loader: Iterable[dict[str, Any]], d
         logger.info("epoch %d is the best so far (%.4f): copied its checkpoint to %s", state.epoch + 1, score, best)
     du.barrier()
     return metrics
+
+
+def train_and_test(cfg: CfgNode) -> dict[str, Any] | None:
+    """The stages the config enables, in the processes and the process group of one job: TRAIN.ENABLE, then
+    TEST.ENABLE unless a signal stopped the training (the same command then resumes, and tests after).
+
+    Returns:
+        training's result when a signal stopped it ({"stopped": True, ...}), else the test metrics, else training's.
+    """
+    result = None
+    if cfg.TRAIN.ENABLE:
+        with du.stage("train"):
+            result = train(cfg)
+        if result.get("stopped"):
+            return result
+    if cfg.TEST.ENABLE:
+        with du.stage("test"):
+            result = test(cfg)
+    return result
 
 
 def train(cfg: CfgNode) -> dict[str, Any]:
@@ -270,8 +290,10 @@ def test(cfg: CfgNode) -> dict[str, float]:
                                      "test random weights)")
         logger.warning("%s: testing randomly initialised weights (MODEL.ALLOW_RANDOM_WEIGHTS)", message)
     else:
+        named_by = ("TEST.CHECKPOINT_FILE_PATH" if cfg.TEST.CHECKPOINT_FILE_PATH == str(path) else
+                    "TRAIN.CHECKPOINT_FILE_PATH" if cfg.TRAIN.CHECKPOINT_FILE_PATH == str(path) else "")
         ckpt.load_weights(model, path, cfg.TRAIN.CHECKPOINT_CLEAR_NAME_PATTERN,
-                          strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS)
+                          strict=not cfg.MODEL.ALLOW_RANDOM_WEIGHTS, key=named_by)
     model = wrap_model(cfg, model, device)
     test_set = build_dataset(cfg, "test", output_dir=Path(cfg.OUTPUT_DIR))
     label_space = build_label_space(cfg, test_set.records)

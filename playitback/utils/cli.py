@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from fvcore.common.config import CfgNode
+
+from playitback.utils.errors import USER_ERROR_EXIT, ReportedUserError, UserError, debugging
 
 
 def report_failures(failures: Sequence[tuple[object, str]]) -> int:
@@ -18,6 +20,28 @@ def report_failures(failures: Sequence[tuple[object, str]]) -> int:
     for _, message in failures:
         print(f"  {message}", file=sys.stderr)
     return 1
+
+
+def exit_on_user_error(main: Callable[[], int]) -> int:
+    """`main()`, with a user error (a UserError: a bad key, path, file or checkpoint) printed as one line
+    ``error: <message>`` and exit status 2 instead of a traceback; with PLAYITBACK_DEBUG=1 it propagates."""
+    try:
+        return main()
+    except UserError as err:
+        if debugging():
+            raise
+        if not isinstance(err, ReportedUserError):  # else the process that raised it has printed it
+            print(f"error: {user_message(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def user_message(err: UserError) -> str:
+    """The message of a user error. One raised in a DataLoader worker comes back with the worker's traceback in its
+    message ("Caught ... in DataLoader worker process 0. Original Traceback ..."), whose last line is the error."""
+    message = str(err)
+    if "Original Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def config_tool_parser(description: str | None) -> argparse.ArgumentParser:

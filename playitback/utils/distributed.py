@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from playitback.utils.errors import USER_ERROR_EXIT, ReportedUserError, UserError, debugging
 
 logger = logging.getLogger(__name__)
 
@@ -83,36 +87,67 @@ def gpu_errors(num_gpus: int) -> list[str]:
     return [f"NUM_GPUS is {num_gpus} but this machine has {visible} visible GPU(s) ({seen}); pass {fix}"]
 
 
-def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str | None,
-                        timeout_s: float) -> None:
+# The store every process group of this process rendezvouses through, made once: (init_method, rank, world) -> store.
+_process_stores: dict[tuple[str, int, int], dist.Store] = {}
+# Process groups this process has started; every process of a job starts its groups in the same order (one per stage
+# of tools/run_net.py), so the count names the same group in all of them.
+_groups_started = 0
+
+
+def _process_store(init_method: str, info: ProcessInfo, timeout: timedelta) -> dist.Store:
+    """The rendezvous store at `init_method` (env://, tcp://host:port or file://), made on the first call of this
+    process and kept for its lifetime: under torchrun a client of the agent's TCPStore, elsewhere rank 0 serves it."""
+    key = (init_method, info.rank, info.world)
+    if key not in _process_stores:
+        store, _, _ = next(dist.rendezvous(init_method, info.rank, info.world, timeout=timeout))
+        store.set_timeout(timeout)
+        _process_stores[key] = store
+    return _process_stores[key]
+
+
+def _group_store(init_method: str, info: ProcessInfo, timeout: timedelta) -> dist.Store:
+    """A view of the process store with keys of the next process group's own.
+
+    torch names every default group "0" (its counter restarts when a group is destroyed), so two groups sharing a
+    store share their keys: the test stage's group of `run_net.py` would read the addresses the training group
+    published (gloo pairs, NCCL ids), connect to ports nobody listens on and hang until DIST_TIMEOUT_SECS. The store
+    outlives a group (one per process, and under torchrun the agent's store outlives the processes of every restart
+    attempt), so the prefix names both the restart attempt (TORCHELASTIC_RESTART_COUNT, the same in every worker of
+    an attempt) and this process's count of groups started.
+    """
+    global _groups_started
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefix = f"playitback/attempt_{attempt}/group_{_groups_started}"
+    _groups_started += 1
+    return dist.PrefixStore(prefix, _process_store(init_method, info, timeout))
+
+
+def _init_process_group(info: ProcessInfo, use_gpu: bool, backend: str, init_method: str, timeout_s: float) -> None:
     if use_gpu:
         torch.cuda.set_device(info.local_rank)
     if info.world > 1:
         timeout = timedelta(seconds=timeout_s)
-        store = _torchrun_attempt_store(info.world, timeout)
         dist.init_process_group(
             backend=backend if use_gpu else "gloo",
-            init_method=None if store else init_method or "env://",
-            store=store,
+            store=_group_store(init_method, info, timeout),
             world_size=info.world,
             rank=info.rank,
             timeout=timeout,
         )
 
 
-def _torchrun_attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
-    """Under torchrun, the rendezvous store of this restart attempt; None elsewhere (init_method is used).
+# The stage of the job this process is in (train, test), for the messages of a failed collective.
+_stage = "start-up"
 
-    torchrun's agent keeps one TCPStore for every restart of a static rendezvous (its default) and its workers join it
-    without a per-attempt prefix: the processes of a restarted group then read the addresses the previous attempt
-    published (gloo pairs, NCCL ids), connect to ports nobody listens on and fail or hang until the timeout. A key
-    prefix per restart attempt (TORCHELASTIC_RESTART_COUNT, the same in every worker of an attempt) isolates them.
-    """
-    env = os.environ
-    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in env:
-        return None
-    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
-    return dist.PrefixStore(f"playitback/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the stage of the job the block runs (train, test) in the error a failed collective raises. On an exception
+    the name stays, so that the handler of launch_job still names where it happened."""
+    global _stage
+    _stage = name
+    yield
+    _stage = "between stages"
 
 
 class LostProcessError(RuntimeError):
@@ -126,20 +161,25 @@ def _is_collective_failure(err: BaseException) -> bool:
     return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo/transport" in str(err))
 
 
-def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInfo) -> Any:
-    """`func(cfg)` in a started process group, then leave the group. A failed collective is re-raised as a
-    LostProcessError that says what most likely happened and how the job continues."""
+def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInfo, init_method: str,
+                          use_gpu: bool) -> Any:
+    """Start the process group, run `func(cfg)` in it, then leave the group. A failed collective, or a rendezvous that
+    timed out, is re-raised as a LostProcessError that names the stage (see :func:`stage`), says what most likely
+    happened and how the job continues."""
+    global _stage
+    _stage = "start-up"
     try:
+        _init_process_group(info, use_gpu, cfg.DIST_BACKEND, init_method, cfg.DIST_TIMEOUT_SECS)
         return func(cfg)
     except Exception as err:
         if info.world > 1 and _is_collective_failure(err):
             cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             message = (
-                f"process {info.rank} of {info.world} stops: a collective operation with the other processes failed "
-                f"({cause}). Another process of the job died, raised an error, or was stuck for more than "
-                f"DIST_TIMEOUT_SECS ({cfg.DIST_TIMEOUT_SECS} s); its own log names the cause. Nothing after the newest "
-                f"checkpoint in {cfg.OUTPUT_DIR}/checkpoints is saved: restarting the same command resumes from it "
-                "(torchrun --max-restarts N and a requeued SLURM job restart by themselves)"
+                f"process {info.rank} of {info.world} stops in stage {_stage}: a collective operation with the other "
+                f"processes failed ({cause}). Another process of the job died, raised an error, or was stuck for more "
+                f"than DIST_TIMEOUT_SECS ({cfg.DIST_TIMEOUT_SECS} s); its own log names the cause. Nothing after the "
+                f"newest checkpoint in {cfg.OUTPUT_DIR}/checkpoints is saved: restarting the same command resumes "
+                "from it (torchrun --max-restarts N and a requeued SLURM job restart by themselves)"
             )
             logger.error(message)
             raise LostProcessError(message) from err
@@ -149,30 +189,45 @@ def _run_in_process_group(func: Callable[[Any], Any], cfg: Any, info: ProcessInf
 
 
 def _spawned_worker(local_rank: int, func: Callable[..., Any], cfg: Any, init_method: str, per_machine: int,
-                    shard_id: int, num_shards: int, backend: str, use_gpu: bool) -> None:
+                    shard_id: int, num_shards: int, use_gpu: bool) -> None:
     info = ProcessInfo(shard_id * per_machine + local_rank, per_machine * num_shards, local_rank)
-    _init_process_group(info, use_gpu, backend, init_method, cfg.DIST_TIMEOUT_SECS)
-    _run_in_process_group(func, cfg, info)
+    try:
+        _run_in_process_group(func, cfg, info, init_method, use_gpu)
+    except UserError as err:
+        if debugging():
+            raise
+        # One line, not mp.spawn's traceback of the child; the launching process sees the exit status.
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
 
 
 def launch_job(cfg: Any, init_method: str, func: Callable[[Any], Any]) -> Any:
-    """Run `func(cfg)` in every process of the job (see the module docstring). Returns func's result in a
-    single-process or launcher-started job, None after spawning."""
+    """Run `func(cfg)` in every process of the job (see the module docstring), in one process group. Returns func's
+    result in a single-process or launcher-started job, None after spawning.
+
+    Run every stage of a job in one call (engine.trainer.train_and_test: train, then test): without a launcher each
+    call spawns fresh processes, and on several machines the next call's processes could join the previous call's
+    rendezvous store while its rank 0 is still finishing. Launcher-started processes may call it again: each call's
+    group has store keys of its own."""
     use_gpu = cfg.NUM_GPUS > 0
     layout = job_layout(cfg.NUM_GPUS, cfg.NUM_SHARDS)
     info = launcher_process_info()
     if info is not None:
         # torchrun exports MASTER_ADDR/MASTER_PORT; under srun the sbatch script does, or --init_method names the host.
         method = "env://" if "MASTER_ADDR" in os.environ else init_method
-        _init_process_group(info, use_gpu, cfg.DIST_BACKEND, method, cfg.DIST_TIMEOUT_SECS)
-        return _run_in_process_group(func, cfg, info)
+        return _run_in_process_group(func, cfg, info, method, use_gpu)
     if layout.world > 1:
-        mp.spawn(
-            _spawned_worker,
-            nprocs=layout.per_machine,
-            args=(func, cfg, init_method, layout.per_machine, cfg.SHARD_ID, cfg.NUM_SHARDS, cfg.DIST_BACKEND, use_gpu),
-            daemon=False,
-        )
+        try:
+            mp.spawn(
+                _spawned_worker,
+                nprocs=layout.per_machine,
+                args=(func, cfg, init_method, layout.per_machine, cfg.SHARD_ID, cfg.NUM_SHARDS, use_gpu),
+                daemon=False,
+            )
+        except mp.ProcessExitedException as err:
+            if err.exit_code == USER_ERROR_EXIT:
+                raise ReportedUserError(f"process {err.error_index} stopped on the error it printed") from err
+            raise
         return None
     if use_gpu:
         torch.cuda.set_device(0)
