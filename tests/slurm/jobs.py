@@ -62,14 +62,15 @@ def assert_same_run(reference: Path, run: Path) -> float:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float, alive: Callable[[], bool] = lambda: True,
-             poll_s: float = 0.1) -> None:
-    """Poll `condition` until true; fail naming `what` after `timeout_s`, or as soon as `alive()` turns false."""
+             poll_s: float = 0.1, details: Callable[[], str] = lambda: "") -> None:
+    """Poll `condition` until true; fail naming `what` (and `details()`, the state that explains it) after
+    `timeout_s`, or as soon as `alive()` turns false."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if not alive():
-            pytest.fail(f"the run ended before {what}")
+            pytest.fail(f"the run ended before {what}\n{details()}")
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{details()}")
         time.sleep(poll_s)
 
 
@@ -134,6 +135,15 @@ def finish(cluster: LocalSlurmCluster, job_id: str, logs: Callable[[], str]) -> 
     return info
 
 
+def job_state(cluster: LocalSlurmCluster, job_id: str) -> str:
+    """What explains a job that does not do what a test waits for: its SLURM fields and the controller's log."""
+    fields = cluster.job(job_id)
+    shown = {key: fields.get(key) for key in ("JobState", "Reason", "Restarts", "RunTime", "TimeLimit", "EndTime")}
+    log = cluster.logs / "slurmctld.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else f"(no {log})"
+    return f"job {job_id}: {shown}\nslurmctld.log (last 40 lines):\n{tail}"
+
+
 def meet_time_limit_mid_epoch(cluster: LocalSlurmCluster, job_id: str, task_command: str, warning: int) -> None:
     """Bring the running job's time limit close, now, so that SLURM's warning lands in the middle of an epoch.
 
@@ -150,7 +160,8 @@ def meet_time_limit_mid_epoch(cluster: LocalSlurmCluster, job_id: str, task_comm
     wait_for(lambda: signal_reached(tasks, warning), f"SLURM's time-limit warning ({signal.Signals(warning).name})",
              90)
     cluster.command("scancel", "--signal", "CONT", job_id)
-    wait_for(lambda: cluster.job(job_id).get("Restarts", "0") != "0", "the job to requeue itself", 120)
+    wait_for(lambda: cluster.job(job_id).get("Restarts", "0") != "0", "the job to requeue itself", 120,
+             details=lambda: job_state(cluster, job_id))
     cluster.command("scontrol", "update", f"JobId={job_id}", "TimeLimit=10")
 
 
