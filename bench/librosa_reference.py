@@ -39,7 +39,7 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 def playback_pyramid_reference(y: np.ndarray, sr: int, num_playbacks: int, frames0: int = 400,
-                               window_ms: float = 20.0) -> list[np.ndarray]:
+                               window_ms: float = 20.0, window_scaling: str = "fixed") -> list[np.ndarray]:
     """Per-item playback pyramid with librosa: playback i has exactly frames0 * (i + 1) frames.
 
     Args:
@@ -47,7 +47,8 @@ def playback_pyramid_reference(y: np.ndarray, sr: int, num_playbacks: int, frame
         sr: sample rate in Hz.
         num_playbacks: number of playbacks S.
         frames0: frames of playback 0 (T0).
-        window_ms: Hann window length in milliseconds.
+        window_ms: Hann window length in milliseconds (of playback 0 when window_scaling is "hop").
+        window_scaling: "fixed" (one window) or "hop" (playback i's window is window_ms / (i + 1)).
 
     Returns:
         S arrays [T0 * (i + 1), 128].
@@ -57,5 +58,6 @@ def playback_pyramid_reference(y: np.ndarray, sr: int, num_playbacks: int, frame
         frames = frames0 * (i + 1)
         hop = round(len(y) / frames)
         padded = np.pad(y, (0, max(0, (frames - 1) * hop - len(y))))
-        out.append(log_mel_reference(padded, sr, hop, window_ms)[:frames])
+        window = window_ms / (i + 1) if window_scaling == "hop" else window_ms
+        out.append(log_mel_reference(padded, sr, hop, window)[:frames])
     return out

@@ -68,6 +68,22 @@ def test_real_clips_per_item_and_batched_match_librosa(clips: list[np.ndarray]) 
             torch.testing.assert_close(single, batch[b], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("scaling", ["fixed", "hop"])
+def test_window_scaling_matches_librosa(clips: list[np.ndarray], scaling: str) -> None:
+    """configs/Small's front-end (80 ms window, T0 = 128, 5 s) and the demo's shared-frame hops (80 ms, T0 = 400):
+    "hop" shortens playback i's window to 80 / (i + 1) ms and must not share frames across different windows."""
+    for frames0, playbacks in ((128, 3), (400, 4)):
+        crop = _crop(clips[0], VGG_SAMPLES)
+        ours = playback_pyramid(torch.from_numpy(crop), SR, playbacks, frames0=frames0, window_ms=80.0,
+                                window_scaling=scaling)
+        reference = playback_pyramid_reference(crop, SR, playbacks, frames0, 80.0, window_scaling=scaling)
+        assert _max_diff(ours, reference) <= TOLERANCE
+    fixed = playback_pyramid(torch.from_numpy(crop), SR, 3, frames0=128, window_ms=80.0)
+    hop = playback_pyramid(torch.from_numpy(crop), SR, 3, frames0=128, window_ms=80.0, window_scaling="hop")
+    assert torch.equal(fixed[0], hop[0]) and not torch.allclose(fixed[2], hop[2], atol=0.1)
+    assert PlaybackPyramid(SR, 3, window_ms=80.0, window_scaling="hop").win_lengths == [1280, 640, 427]
+
+
 def test_float64_matches_librosa_to_rounding(clips: list[np.ndarray]) -> None:
     """In float64 the recipe itself is checked, free of float32 FFT rounding."""
     crop = _crop(clips[0], VGG_SAMPLES).astype(np.float64)

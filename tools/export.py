@@ -144,6 +144,7 @@ def export(cfg: CfgNode, checkpoint: str | Path | None, out_dir: str | Path, for
         "sample_rate": cfg.AUDIO_DATA.SAMPLING_RATE,
         "clip_secs": cfg.AUDIO_DATA.CLIP_SECS,
         "window_ms": cfg.AUDIO_DATA.WINDOW_LENGTH,
+        "window_scaling": cfg.AUDIO_DATA.WINDOW_SCALING,
         "n_fft": cfg.AUDIO_DATA.N_FFT,
         "files": {name: file.name for name, file in written.items()},
     }

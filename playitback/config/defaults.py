@@ -339,6 +339,9 @@ _C.AUDIO_DATA.SAMPLING_RATE = 24000
 _C.AUDIO_DATA.CLIP_SECS = 1.279
 # STFT window in milliseconds (Hann, zero-padded to N_FFT).
 _C.AUDIO_DATA.WINDOW_LENGTH = 10
+# The window of the finer playbacks: "fixed" keeps WINDOW_LENGTH at every playback (the original); "hop" shortens it
+# with the hop (WINDOW_LENGTH / (i + 1) at playback i), so a finer playback also resolves finer time structure.
+_C.AUDIO_DATA.WINDOW_SCALING = "fixed"
 # FFT size (sets the bin spacing).
 _C.AUDIO_DATA.N_FFT = 2048
 # Mel bands (HTK, no normalisation).

@@ -261,6 +261,7 @@ def validation_errors(cfg: CfgNode) -> list[str]:
                       f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
     _choice(errors, "AUDIO_DATA.NORM_PER_CLIP", cfg.AUDIO_DATA.NORM_PER_CLIP, ("none", "mean", "mean_std"))
     _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, ("edge", "zeros"))
+    _choice(errors, "AUDIO_DATA.WINDOW_SCALING", cfg.AUDIO_DATA.WINDOW_SCALING, ("fixed", "hop"))
     _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
     _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
     _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))

@@ -77,6 +77,7 @@ def build_pyramid(cfg: CfgNode) -> PlaybackPyramid:
         n_fft=cfg.AUDIO_DATA.N_FFT,
         n_mels=cfg.AUDIO_DATA.NUM_FREQUENCIES,
         pad_mode=cfg.AUDIO_DATA.PAD_MODE,
+        window_scaling=cfg.AUDIO_DATA.WINDOW_SCALING,
     )
 
 

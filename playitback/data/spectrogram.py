@@ -38,12 +38,25 @@ from torch import Tensor, nn
 
 LOG_OFFSET = 1e-6
 PAD_MODES = ("edge", "zeros")
+WINDOW_SCALINGS = ("fixed", "hop")
 # Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
 # small matmuls; 16 was the fastest of 8/16/32 (and 5x faster than the dense product) for 128 bands at n_fft 2048.
 _BANDS_PER_BLOCK = 16
 # Frames per CPU thread in one chunk: the spectrum of 256 frames (2 MiB) stays near the core's L2 cache, which made the
 # element-wise steps 1.5x faster than whole-clip chunks. GPUs take the whole batch at once.
 _CPU_FRAMES_PER_THREAD = 256
+
+
+def playback_windows(window_ms: float, sample_rate: int, num_playbacks: int, scaling: str = "fixed") -> list[int]:
+    """Hann window length of every playback, in samples: ``round(window_ms * sample_rate / 1000 / d_i)`` with d_i = 1
+    ("fixed") or i + 1 ("hop": the window shrinks with the hop, so it spans the same number of hops everywhere).
+
+    Returns:
+        S window lengths, playback 0 first.
+    """
+    if scaling not in WINDOW_SCALINGS:
+        raise ValueError(f"window scaling must be one of {WINDOW_SCALINGS}, got {scaling!r}")
+    return [round(window_ms * sample_rate / 1000 / (i + 1 if scaling == "hop" else 1)) for i in range(num_playbacks)]
 
 
 def playback_hops(num_samples: int, num_playbacks: int, frames0: int = 400) -> list[int]:
@@ -96,9 +109,10 @@ def _mel_blocks(mel: Tensor) -> list[_MelBlock]:
 
 @dataclass(frozen=True)
 class _Constants:
-    """The window [W] and the weights [bins, bands] of every mel block, on one device and dtype."""
+    """The window of every playback ([W_i]) and the weights [bins, bands] of every mel block, on one device and
+    dtype."""
 
-    window: Tensor
+    windows: list[Tensor]
     mel_weights: list[Tensor]
 
 
@@ -113,38 +127,44 @@ class PlaybackPyramid(nn.Module):
         sample_rate: sample rate of the waveforms in Hz.
         num_playbacks: number of playbacks S (PLAYBACK + 1).
         frames0: frames T0 of playback 0; playback i has T0 * (i + 1) frames.
-        window_ms: Hann window length in milliseconds (zero-padded to n_fft).
+        window_ms: Hann window length of playback 0 in milliseconds (zero-padded to n_fft).
         n_fft: FFT size (sets the bin spacing; only the window samples are non-zero).
         n_mels: number of HTK mel bands F (fmin 0, fmax sample_rate / 2, no normalisation).
         pad_mode: frames after the valid samples of a short crop: "edge" repeats the last frame centred inside the
             audio (auditory-slow-fast), "zeros" keeps the log-mel of the zero padding.
+        window_scaling: "fixed": every playback uses the window of playback 0 (the original); "hop": playback i
+            uses window_ms / (i + 1), so that the window spans as many hops at every playback and a finer hop also
+            resolves finer time structure (with a fixed window, a finer hop oversamples the same smoothed envelope).
     """
 
     def __init__(self, sample_rate: int, num_playbacks: int, frames0: int = 400, window_ms: float = 20.0,
-                 n_fft: int = 2048, n_mels: int = 128, pad_mode: str = "edge") -> None:
+                 n_fft: int = 2048, n_mels: int = 128, pad_mode: str = "edge", window_scaling: str = "fixed") -> None:
         super().__init__()
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if window_scaling not in WINDOW_SCALINGS:
+            raise ValueError(f"window_scaling must be one of {WINDOW_SCALINGS}, got {window_scaling!r}")
         self.pad_mode = pad_mode
+        self.window_scaling = window_scaling
         self.sample_rate = sample_rate
         self.num_playbacks = num_playbacks
         self.frames0 = frames0
-        self.win_length = round(window_ms * sample_rate / 1000)
+        self.win_lengths = playback_windows(window_ms, sample_rate, num_playbacks, window_scaling)
         self.n_fft = n_fft
         self.n_mels = n_mels
-        if not 1 <= self.win_length <= n_fft:
+        if not all(1 <= length <= n_fft for length in self.win_lengths):
             raise ValueError(
-                f"window_ms={window_ms} gives a window of {self.win_length} samples at {sample_rate} Hz; "
-                f"it must be between 1 and n_fft={n_fft} samples"
+                f"window_ms={window_ms} gives windows of {self.win_lengths} samples at {sample_rate} Hz; "
+                f"each must be between 1 and n_fft={n_fft} samples"
             )
         # librosa centres the window inside the n_fft frame, so the window starts n_fft // 2 - (n_fft - W) // 2
         # samples before the frame centre.
-        self.window_offset = n_fft // 2 - (n_fft - self.win_length) // 2
+        self.window_offsets = [n_fft // 2 - (n_fft - length) // 2 for length in self.win_lengths]
         mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
                                                    fmax=sample_rate / 2, htk=True, norm=None)).double()
         self.mel_blocks = _mel_blocks(mel)
         self._master = _Constants(
-            window=torch.hann_window(self.win_length, periodic=True, dtype=torch.float64),
+            windows=[torch.hann_window(length, periodic=True, dtype=torch.float64) for length in self.win_lengths],
             mel_weights=[mel[b.band_start:b.band_stop, b.bin_start:b.bin_stop].T.contiguous()
                          for b in self.mel_blocks],
         )
@@ -163,7 +183,7 @@ class PlaybackPyramid(nn.Module):
         key = (device, dtype)
         if key not in self._cache:
             self._cache[key] = _Constants(
-                window=self._master.window.to(device, dtype),
+                windows=[w.to(device, dtype) for w in self._master.windows],
                 mel_weights=[w.to(device, dtype) for w in self._master.mel_weights],
             )
         return self._cache[key]
@@ -193,8 +213,8 @@ class PlaybackPyramid(nn.Module):
         constants = self._constants(waveform.device, dtype)
         hops = playback_hops(waveform.shape[-1], self.num_playbacks, self.frames0)
         frames = [self.frames0 * (i + 1) for i in range(self.num_playbacks)]
-        sources = _frame_sources(tuple(hops), tuple(frames))
-        rendered = {i: self._log_mel(waveform, hops[i], frames[i], constants)
+        sources = _frame_sources(tuple(hops), tuple(frames), tuple(self.win_lengths))
+        rendered = {i: self._log_mel(waveform, hops[i], frames[i], i, constants)
                     for i, source in enumerate(sources) if source is None}
         playbacks = [rendered[i] if source is None
                      else rendered[source[0]][:, : frames[i] * source[1] : source[1]].contiguous()
@@ -204,15 +224,16 @@ class PlaybackPyramid(nn.Module):
         valid = torch.as_tensor(valid_samples, device=waveform.device).reshape(-1, 1)
         return [edge_pad_frames(p, valid, hop, waveform.shape[-1]) for p, hop in zip(playbacks, hops)]
 
-    def _log_mel(self, waveform: Tensor, hop: int, num_frames: int, constants: _Constants) -> Tensor:
-        """Log-mel of every crop at one hop: waveform [B, S] -> [B, num_frames, F]."""
+    def _log_mel(self, waveform: Tensor, hop: int, num_frames: int, playback: int, constants: _Constants) -> Tensor:
+        """Log-mel of every crop at one hop, with the window of `playback`: waveform [B, S] -> [B, num_frames, F]."""
         batch, num_samples = waveform.shape
+        length, offset = self.win_lengths[playback], self.window_offsets[playback]
         # Zero-pad so that the window of frame t covers samples [t * hop - offset, t * hop - offset + W) of the crop
         # and the last of the num_frames frames fits.
-        right = max(0, (num_frames - 1) * hop + self.win_length - self.window_offset - num_samples)
-        padded = nn.functional.pad(waveform, (self.window_offset, right))
-        windows = padded.unfold(-1, self.win_length, hop)[:, :num_frames]  # [B, T, W] view
-        framed = (windows * constants.window).flatten(0, 1)  # [B*T, W]
+        right = max(0, (num_frames - 1) * hop + length - offset - num_samples)
+        padded = nn.functional.pad(waveform, (offset, right))
+        windows = padded.unfold(-1, length, hop)[:, :num_frames]  # [B, T, W] view
+        framed = (windows * constants.windows[playback]).flatten(0, 1)  # [B*T, W]
         chunk = framed.shape[0]
         if framed.device.type == "cpu":
             chunk = _CPU_FRAMES_PER_THREAD * torch.get_num_threads()
@@ -257,17 +278,19 @@ def edge_pad_frames(spectrogram: Tensor, valid_samples: Tensor, hop: int, crop_s
 
 
 @functools.lru_cache(maxsize=None)
-def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...]) -> list[tuple[int, int] | None]:
+def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...],
+                   windows: tuple[int, ...]) -> list[tuple[int, int] | None]:
     """For each playback, None (render it) or (finer playback j, stride k) whose every k-th frame it equals.
 
     Frame t of playback i is centred on sample t * hop_i; when hop_i = k * hop_j that is frame t * k of playback j,
-    provided playback j has enough frames. Finer playbacks are decided first so that sources are always rendered.
+    provided playback j has enough frames and the same window. Finer playbacks are decided first so that sources are
+    always rendered.
     """
     sources: list[tuple[int, int] | None] = [None] * len(hops)
     for i in reversed(range(len(hops))):
         for j in range(len(hops) - 1, i, -1):
             stride = hops[i] // hops[j]
-            if (sources[j] is None and hops[i] % hops[j] == 0
+            if (sources[j] is None and hops[i] % hops[j] == 0 and windows[i] == windows[j]
                     and (frames[i] - 1) * stride < frames[j]):
                 sources[i] = (j, stride)
                 break
@@ -276,13 +299,14 @@ def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...]) -> list[tuple
 
 @functools.lru_cache(maxsize=None)
 def _cached_pyramid(sample_rate: int, num_playbacks: int, frames0: int, window_ms: float, n_fft: int,
-                    n_mels: int, pad_mode: str) -> PlaybackPyramid:
-    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode)
+                    n_mels: int, pad_mode: str, window_scaling: str) -> PlaybackPyramid:
+    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode, window_scaling)
 
 
 def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, frames0: int = 400,
                      window_ms: float = 20.0, n_fft: int = 2048, n_mels: int = 128, *,
-                     valid_samples: Tensor | int | None = None, pad_mode: str = "edge") -> list[Tensor]:
+                     valid_samples: Tensor | int | None = None, pad_mode: str = "edge",
+                     window_scaling: str = "fixed") -> list[Tensor]:
     """Playback pyramid of one crop or a batch of crops (public API, DESIGN.md section 6).
 
     Uses one cached :class:`PlaybackPyramid` per configuration, so repeated calls build the mel matrix once.
@@ -297,9 +321,12 @@ def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, fra
         n_mels: number of mel bands F.
         valid_samples: samples of audio in each crop ([B] or an int), the rest being zero padding; None: all.
         pad_mode: how the frames after a short crop's audio are filled ("edge" or "zeros", see PlaybackPyramid).
+        window_scaling: "fixed" (one window) or "hop" (playback i's window is window_ms / (i + 1); see
+            PlaybackPyramid).
 
     Returns:
         num_playbacks tensors [T0 * (i + 1), F] or [B, T0 * (i + 1), F] on the waveform's device.
     """
-    pyramid = _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels, pad_mode)
+    pyramid = _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels, pad_mode,
+                              window_scaling)
     return pyramid(waveform, valid_samples)
