@@ -1,5 +1,5 @@
 # playitback: every target sets up its own virtual environment first (a fresh machine needs nothing else).
-#   make test        the test suite (under 10 minutes on 2 CPU cores)
+#   make test        ruff (make lint), then the test suite (under 10 minutes on 2 CPU cores)
 #   make test-slow   also the slow end-to-end checks
 #   make test-slurm  multi-process jobs: a private SLURM cluster (needs slurm-wlm, munge, root) and torchrun restarts
 #   make demo        demo data -> encoder pretraining -> PlayItBack -> evaluation -> figures (CPU, minutes)
@@ -17,7 +17,7 @@ DEMO_RUNS ?= demo_runs
 SEEDS ?= 1
 CONTROLS ?=
 
-.PHONY: setup test test-slow test-slurm demo bench clean
+.PHONY: setup lint test test-slow test-slurm demo bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check playitback tools bench tests
+
+test: lint
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 test-slow: setup

@@ -32,7 +32,7 @@ def log_mel_reference(y: np.ndarray, sr: int, hop: int, window_ms: float = 20.0,
     return np.log(_mel_basis(sr, n_fft, n_mels) @ np.abs(stft) + 1e-6).T
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     """HTK mel matrix [n_mels, n_fft // 2 + 1], cached so that the timed reference does not rebuild it (2 ms a call)."""
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sr / 2, htk=True, norm=None)

@@ -61,9 +61,9 @@ from playitback.engine.build import (  # noqa: E402
     wrap_model,
 )
 from playitback.engine.loop import StopRequest, TrainState, first_batches, train_one_epoch  # noqa: E402
-from playitback.utils.distributed import unwrap_model  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 from playitback.models.build import example_playbacks  # noqa: E402
+from playitback.utils.distributed import unwrap_model  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
 
 CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml",

@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from playitback.data.labels import LabelSpace
 
 logger = logging.getLogger(__name__)
 
-ArrayLike = Union[Tensor, np.ndarray]
+ArrayLike = Tensor | np.ndarray
 
 # Elements of the per-chunk verb x noun product in action_topk (float64): 2**22 * 8 bytes = 32 MiB per chunk.
 _ACTION_CHUNK_ELEMENTS = 2**22

@@ -246,10 +246,9 @@ def test_model_compile_trains_like_eager_and_tests_from_its_checkpoint(uninterru
 
 
 def test_frozen_encoder_runs_in_eval_mode_without_gradients() -> None:
+    from engine_utils import REPO, TINY_MODEL
     from playitback.config import load_config
     from playitback.models import build_model
-
-    from engine_utils import REPO, TINY_MODEL
 
     model = build_model(load_config(REPO / PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL, "MODEL.FREEZE_ENCODER", "True"])
                         ).train()

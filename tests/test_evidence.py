@@ -185,7 +185,6 @@ def test_playitback_with_evidence_trains_every_trainable_parameter(freeze: bool)
     """DDP needs no find_unused_parameters: every trainable parameter gets a non-zero gradient (the encoder's head,
     which the evidence objective does not use, is frozen)."""
     from engine_utils import TINY_MODEL
-
     from playitback.config import load_config
     from playitback.models import build_model
 

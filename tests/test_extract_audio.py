@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from playitback.data.audio_io import Hdf5AudioReader
-from playitback.data.records import ClipRecord
-
-
 import extract_audio  # noqa: E402
 import wav_to_hdf5  # noqa: E402
+from playitback.data.audio_io import Hdf5AudioReader
+from playitback.data.records import ClipRecord
 
 FREQ = 440.0
 

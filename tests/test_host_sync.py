@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from playitback.config import derived, load_config
 from playitback.engine.build import build_task
 from playitback.models import build_model
-
 from test_configs import SHIPPED, TINY
 
 REPO = Path(__file__).resolve().parents[1]

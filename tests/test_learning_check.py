@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_utils import make_tiny_dataset, metrics, run_net, run_opts
 from sklearn.metrics import log_loss
 
+from engine_utils import make_tiny_dataset, metrics, run_net, run_opts
 from playitback.data.annotations import read_annotations, write_records_csv
 from playitback.data.labels import LabelSpace
 from playitback.engine.learning_check import NotLearningCheck, chance_loss

@@ -196,7 +196,6 @@ def test_the_log_reports_every_period_and_the_epoch_end() -> None:
 
 def test_accumulation_splits_the_global_batch_and_is_validated(tmp_path: Any) -> None:
     from engine_utils import REPO, make_tiny_dataset, run_opts
-
     from playitback.data.build import build_dataset, build_loader
 
     data = make_tiny_dataset(tmp_path / "data")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from original_keys import MODELS, original_keys
 from playitback.config import load_config
 from playitback.models.build import build_encoder
 from playitback.models.mvit import (
@@ -20,9 +21,6 @@ from playitback.models.mvit import (
     round_width,
 )
 from playitback.models.weights import remap_state_dict
-
-from original_keys import MODELS, original_keys
-
 
 # The encoder settings of the original configs (ORIGINAL.md 1.4), written out by hand.
 ORIGINAL_B = dict(

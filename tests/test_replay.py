@@ -259,7 +259,6 @@ def test_replay_and_runs_compile_fullgraph() -> None:
 
 def _tiny_playitback(replays: int, replay_source: str, clip_secs: str = "2.0", resolution: str = "fine"):
     from engine_utils import TINY_MODEL
-
     from playitback.config import load_config
     from playitback.models import build_model
 

@@ -13,8 +13,8 @@ import soundfile as sf
 from sklearn.metrics import average_precision_score
 
 from playitback.data.audio_io import FileAudioReader, Hdf5AudioReader
-from playitback.data.records import ClipRecord
 from playitback.data.labels import LabelSpace
+from playitback.data.records import ClipRecord
 from playitback.engine.reproducibility import (
     audio_coverage,
     write_clip_ids,

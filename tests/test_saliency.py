@@ -1,12 +1,12 @@
 """Temporal saliency: slot attention against a slow reference, trainability, determinism, pooling by hand."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from original_keys import MODELS, original_keys
 from playitback.models.mvit import TokenRows
 from playitback.models.saliency import (
     SlotAttention,
@@ -17,9 +17,6 @@ from playitback.models.saliency import (
     temporal_profile,
 )
 from playitback.models.weights import remap_state_dict
-
-from original_keys import MODELS, original_keys
-
 
 # Tiny sizes keep every test well under a second: D token width, T0 frames, W slot resolution, grid T'' x F''.
 D, T0, W, T_TOK, F_TOK = 16, 40, 24, 5, 3

@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import pack_audio  # noqa: E402
 from playitback.config import load_config
 from playitback.data.audio_io import AudioReadError, FileAudioReader
 from playitback.data.build import build_reader
 from playitback.data.records import ClipRecord
 from playitback.data.shards import INDEX_NAME, ShardAudioReader, ShardError, pack_clips, verify_pack
-
-
-import pack_audio  # noqa: E402
 
 RATE = 16000
 SEGMENTS = ((0.0, None), (0.3, 1.1), (0.8, 5.0))  # whole clip, inside, running past the end (clamped)

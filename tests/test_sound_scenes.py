@@ -17,8 +17,15 @@ import soundfile as sf
 from playitback.data import sound_scenes
 from playitback.data.annotations import read_annotations, read_class_list
 from playitback.data.events import load_event_spans
-from playitback.data.sound_scenes import (SOUND_CLASSES, SourceToolError, find_soundfont, make_sound_scenes, mix_scene,
-                                          render_event_bank, render_source_bank)
+from playitback.data.sound_scenes import (
+    SOUND_CLASSES,
+    SourceToolError,
+    find_soundfont,
+    make_sound_scenes,
+    mix_scene,
+    render_event_bank,
+    render_source_bank,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

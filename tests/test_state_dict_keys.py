@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from original_keys import MODELS, original_keys
 from playitback.config import load_config
 from playitback.models import build_model
 from playitback.models.weights import from_original_key, remap_state_dict
-
-from original_keys import MODELS, original_keys
 
 REPO = Path(__file__).resolve().parents[1]
 # The original kept a LayerNorm named `norm` that it never used; it is not part of this model.

@@ -9,8 +9,8 @@ import librosa
 import numpy as np
 import pytest
 import torch
-from engine_utils import make_tiny_dataset
 
+from engine_utils import make_tiny_dataset
 from playitback.config import load_config
 from playitback.data.build import build_dataset, load_split_records
 from playitback.data.statistics import clip_statistics, input_statistics

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from playitback.models.tempr import FUSION_LOCATIONS, FUSIONS, TemPr, fourier_position_encoding, softmax_fp32
-
 from original_keys import original_keys
+from playitback.models.tempr import FUSION_LOCATIONS, FUSIONS, TemPr, fourier_position_encoding, softmax_fp32
 
 D = 8  # token width of the tiny decoders
 

@@ -105,7 +105,6 @@ def test_an_imagenet_mvitv2_checkpoint_file_starts_a_stage1_encoder(tmp_path) ->
     ``model_state`` with an RGB patch kernel, a 1000-class head, relative-position tables) loaded through
     TRAIN.CHECKPOINT_FILE_PATH into the stage-1 encoder of a config."""
     from engine_utils import TINY_MODEL
-
     from playitback.config import load_config
     from playitback.engine.checkpoint import load_weights
     from playitback.models import build_model

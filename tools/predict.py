@@ -123,16 +123,16 @@ def top_k(probabilities: np.ndarray, names: Sequence[str], k: int) -> list[dict[
 
 
 def _batches(files: Sequence[Path], cfg: CfgNode, hop_s: float, batch_size: int,
-             problems: list[tuple[Path, str]]
-             ) -> Iterator[tuple[torch.Tensor, list[tuple[int, float, int]], list[float]]]:
+             problems: list[tuple[Path, str]], durations: list[float]
+             ) -> Iterator[tuple[torch.Tensor, list[tuple[int, float, int]]]]:
     """Windows of every readable file, `batch_size` at a time: (crops [B, N], (file index, start_s, samples of audio)
-    per row, durations of the files opened so far). Unreadable files go to `problems`."""
+    per row). Each file's duration in seconds (NaN when unreadable) goes to `durations` as it is opened, unreadable
+    files to `problems`."""
     rate = cfg.AUDIO_DATA.SAMPLING_RATE
     clip = derived.clip_samples(cfg)
     hop = max(1, int(round(hop_s * rate)))
     crops: list[torch.Tensor] = []
     owners: list[tuple[int, float, int]] = []
-    durations: list[float] = []
     for index, path in enumerate(files):
         try:
             if path.stat().st_size == 0:
@@ -148,10 +148,10 @@ def _batches(files: Sequence[Path], cfg: CfgNode, hop_s: float, batch_size: int,
             crops.append(windows[row])
             owners.append((index, start / rate, samples))
             if len(crops) == batch_size:
-                yield torch.stack(crops), owners, durations
+                yield torch.stack(crops), owners
                 crops, owners = [], []
     if crops:
-        yield torch.stack(crops), owners, durations
+        yield torch.stack(crops), owners
 
 
 @torch.no_grad()
@@ -176,7 +176,7 @@ def predict_files(cfg: CfgNode, model: torch.nn.Module, files: Sequence[Path], h
     problems: list[tuple[Path, str]] = []
     windows: dict[int, list[CropAnalysis]] = {}
     durations: list[float] = []
-    for crops, owners, durations in _batches(files, cfg, hop_s, batch_size, problems):
+    for crops, owners in _batches(files, cfg, hop_s, batch_size, problems, durations):
         analyses = analyse_crops(cfg, model, crops, [start for _, start, _ in owners], pyramid,
                                  valid_samples=[samples for *_, samples in owners])
         for (index, *_), analysis in zip(owners, analyses):

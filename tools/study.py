@@ -49,8 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from playitback.config import load_config
-from playitback.config import derived
+from playitback.config import derived, load_config
 from playitback.data.events import load_event_spans
 from playitback.localisation import evaluate_segments, read_segments
 
@@ -353,6 +352,16 @@ def summarise(study: Study, seeds: Sequence[int], names: Sequence[str]) -> dict:
     return {"seeds": list(seeds), "test_clips": int(correct[names[0]].shape[1]), "runs": rows}
 
 
+def _paired_cells(row: dict, key: str) -> tuple[str, str]:
+    """The table cells of one paired difference of a summary row: mean +- sd (per seed), and its bootstrap interval."""
+    if key not in row:
+        return "", ""
+    d = row[key]
+    seeds = ", ".join(f"{v:+.1f}" for v in d["per_seed"])
+    return (f"{d['mean']:+.1f} +- {d['sd']:.1f} ({seeds})",
+            f"[{d['bootstrap95'][0]:+.1f}, {d['bootstrap95'][1]:+.1f}]")
+
+
 def markdown_table(summary: dict) -> str:
     """The study table: one row per run, columns for top-1, paired differences, GFLOPs and localisation."""
     lines = ["| run | what | top-1 (%) | - encoder alone (paired, per seed) | 95% CI | - PlayItBack | GMACs/clip | "
@@ -360,15 +369,8 @@ def markdown_table(summary: dict) -> str:
     describe = {BASELINE: "encoder alone, same budget", METHOD: "the method",
                 **{k: v[2] for k, v in CONTROLS.items()}, **{k: v[1] for k, v in SWAPS.items()}}
     for name, row in summary["runs"].items():
-        def diff(key: str) -> tuple[str, str]:
-            if key not in row:
-                return "", ""
-            d = row[key]
-            seeds = ", ".join(f"{v:+.1f}" for v in d["per_seed"])
-            return f"{d['mean']:+.1f} +- {d['sd']:.1f} ({seeds})", f"[{d['bootstrap95'][0]:+.1f}, " \
-                                                                    f"{d['bootstrap95'][1]:+.1f}]"
-        base, ci = diff(f"minus_{BASELINE}")
-        method, _ = diff(f"minus_{METHOD}")
+        base, ci = _paired_cells(row, f"minus_{BASELINE}")
+        method, _ = _paired_cells(row, f"minus_{METHOD}")
         located = row.get("localisation")
         precision = (f"{100 * statistics.mean(located['precision']):.1f} "
                      f"({100 * statistics.mean(located['chance_precision']):.1f})" if located else "")

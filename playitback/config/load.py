@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode
 
-from playitback.utils.errors import UserError
 from playitback.config import derived
 from playitback.config.defaults import ENCODER_VARIANTS, REMOVED_KEYS, get_cfg
+from playitback.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from playitback.utils.errors import UserError
 from playitback.data.audio_io import AUDIO_EXTENSIONS
 from playitback.data.records import ClipRecord
 from playitback.data.safe_pickle import UnsafePickleError, load_dataframe_pickle
+from playitback.utils.errors import UserError
 
 __all__ = [
     "AnnotationError",

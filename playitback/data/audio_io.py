@@ -18,8 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from playitback.utils.errors import UserError
 from playitback.data.records import ClipRecord
+from playitback.utils.errors import UserError
 
 __all__ = [
     "AudioRateError",

@@ -16,7 +16,6 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader
 
-from playitback.utils.errors import UserError
 from playitback.config import derived
 from playitback.data.annotations import (
     AnnotationError,
@@ -40,6 +39,7 @@ from playitback.data.sampler import (
 from playitback.data.shards import INDEX_NAME, ShardAudioReader, is_pack
 from playitback.data.spectrogram import PlaybackPyramid
 from playitback.utils import distributed as du
+from playitback.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 _STAT_THREADS = 32

@@ -40,7 +40,6 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from playitback.utils.errors import UserError
 from playitback.data.audio_io import (
     AudioReadError,
     FileAudioReader,
@@ -52,6 +51,7 @@ from playitback.data.audio_io import (
     segment_frames,
 )
 from playitback.data.records import ClipRecord
+from playitback.utils.errors import UserError
 
 __all__ = [
     "INDEX_NAME",

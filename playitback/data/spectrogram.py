@@ -277,7 +277,7 @@ def edge_pad_frames(spectrogram: Tensor, valid_samples: Tensor, hop: int, crop_s
     return spectrogram.gather(1, index)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...],
                    windows: tuple[int, ...]) -> list[tuple[int, int] | None]:
     """For each playback, None (render it) or (finer playback j, stride k) whose every k-th frame it equals.
@@ -297,7 +297,7 @@ def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...],
     return sources
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_pyramid(sample_rate: int, num_playbacks: int, frames0: int, window_ms: float, n_fft: int,
                     n_mels: int, pad_mode: str, window_scaling: str) -> PlaybackPyramid:
     return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode, window_scaling)

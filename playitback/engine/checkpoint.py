@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from playitback.utils.errors import UserError
 from playitback.models.weights import LoadReport, remap_state_dict
+from playitback.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 

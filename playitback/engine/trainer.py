@@ -20,7 +20,6 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
-from playitback.utils.errors import UserError
 from playitback.config import derived, dump_config
 from playitback.data.build import build_dataset, build_label_space, build_loader
 from playitback.data.dataset import AudioClipDataset
@@ -46,6 +45,7 @@ from playitback.engine.reproducibility import audio_coverage, write_clip_ids
 from playitback.engine.task import ClassificationTask
 from playitback.models import build_model
 from playitback.utils import distributed as du
+from playitback.utils.errors import UserError
 from playitback.utils.logging import MetricWriter, setup_logging
 
 logger = logging.getLogger(__name__)

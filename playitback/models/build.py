@@ -6,9 +6,9 @@ from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
 from playitback.config import derived
+from playitback.models.evidence import FrameEvidence
 from playitback.models.mvit import MViT
 from playitback.models.playitback import EncoderClassifier, PlayItBack
-from playitback.models.evidence import FrameEvidence
 from playitback.models.saliency import TemporalSaliency
 from playitback.models.tempr import TemPr
 

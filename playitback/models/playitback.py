@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from playitback.models.evidence import FrameEvidence
 from playitback.models.mvit import MViT
 from playitback.models.output import ModelOutput
 from playitback.models.replay import coarse_playback, frame_centres, mask_from_frame_times, random_span_mask, replay
-from playitback.models.evidence import FrameEvidence
 from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask, selection_weights
 from playitback.models.tempr import TemPr
 
@@ -39,7 +39,7 @@ class EncoderClassifier(nn.Module):
             for name, param in encoder.named_parameters():
                 param.requires_grad_(name.startswith("head."))
 
-    def train(self, mode: bool = True) -> "EncoderClassifier":
+    def train(self, mode: bool = True) -> EncoderClassifier:
         super().train(mode)
         if self.freeze_backbone:
             self.encoder.eval()
@@ -133,7 +133,7 @@ class PlayItBack(nn.Module):
     def num_playbacks(self) -> int:
         return len(self.saliencies)
 
-    def train(self, mode: bool = True) -> "PlayItBack":
+    def train(self, mode: bool = True) -> PlayItBack:
         super().train(mode)
         if self.freeze_encoder:
             # No drop path or dropout on frozen features (the original left them on).

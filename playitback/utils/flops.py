@@ -13,9 +13,9 @@ for PlayItBack's frozen encoder, whose inputs are spectrograms). Only matrix pro
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import torch
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from engine_utils import REPO, TINY_MODEL, metrics, run_net
 from playitback.data.audio_io import AudioReadError, Hdf5AudioReader
@@ -66,7 +66,8 @@ def make_faulty_dataset(root: Path, good_per_class: int = 6) -> Path:
     (lists / "classes.txt").write_text("a\nb\n")
     body = "file,label\n" + "".join(f"{file},{label}\n" for file, label in rows)
     (lists / "train.csv").write_text(body)
-    (lists / "test.csv").write_text("file,label\n" + "".join(f"{f},{l}\n" for f, l in rows if f not in BAD))
+    tested = "".join(f"{file},{label}\n" for file, label in rows if file not in BAD)
+    (lists / "test.csv").write_text("file,label\n" + tested)
     return root
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from playitback.data.annotations import AnnotationError, read_annotations
-
 from playitback.engine import checkpoint as ckpt
 
 # Writes a checkpoint and stalls at a chosen point of the write, so that the kill provably lands there: "half" after

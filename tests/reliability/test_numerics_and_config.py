@@ -10,9 +10,9 @@ import pytest
 
 from engine_utils import REPO, make_tiny_dataset, metrics, run_opts
 from playitback.config import load_config
+from playitback.data.labels import LabelSpace
 from playitback.engine import trainer as trainer_module
 from playitback.engine.loop import NonFiniteLossError
-from playitback.data.labels import LabelSpace
 from playitback.losses import PlayItBackLoss
 
 

@@ -15,9 +15,9 @@ import torch
 
 from engine_utils import REPO, metrics, run_opts
 from playitback.config import load_config
+from playitback.data.build import build_label_space
 from playitback.data.records import ClipRecord
 from playitback.engine import checkpoint as ckpt
-from playitback.data.build import build_label_space
 from playitback.engine import trainer
 from playitback.engine.build import build_checkpointer, build_task, build_training_optimizer
 from playitback.engine.evaluate import Evaluation, write_scores

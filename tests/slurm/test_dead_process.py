@@ -19,8 +19,17 @@ import psutil
 import pytest
 
 from cluster import free_port
-from jobs import (EPOCHS, ITERS_PER_EPOCH, REPO, TORCHRUN, assert_same_run, in_epoch, job_env, resumed_iterations,
-                  run_command, wait_for)
+from jobs import (
+    ITERS_PER_EPOCH,
+    REPO,
+    TORCHRUN,
+    assert_same_run,
+    in_epoch,
+    job_env,
+    resumed_iterations,
+    run_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 

@@ -17,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalSlurmCluster
-from jobs import (PLAYITBACK, REPO, assert_resumed_mid_epoch, assert_same_run, finish, job_opts,
-                  meet_time_limit_mid_epoch, wait_until_mid_epoch)
+from jobs import (
+    PLAYITBACK,
+    REPO,
+    assert_resumed_mid_epoch,
+    assert_same_run,
+    finish,
+    job_opts,
+    meet_time_limit_mid_epoch,
+    wait_until_mid_epoch,
+)
 
 pytestmark = pytest.mark.slurm
 

@@ -27,8 +27,18 @@ import pytest
 
 from cluster import LocalSlurmCluster, free_port
 from engine_utils import metrics
-from jobs import ITERS_PER_EPOCH, PLAYITBACK, REPO, TORCHRUN, assert_same_run, in_epoch, job_env, resumed_iterations, \
-    run_command, wait_for
+from jobs import (
+    ITERS_PER_EPOCH,
+    PLAYITBACK,
+    REPO,
+    TORCHRUN,
+    assert_same_run,
+    in_epoch,
+    job_env,
+    resumed_iterations,
+    run_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 
