@@ -106,3 +106,35 @@ def test_the_graph_reader_finds_known_edges() -> None:
     assert "playitback.models.mvit" in GRAPH["playitback.models.build"] | _reachable("playitback.models.build")
     assert "playitback.models.replay" in GRAPH["playitback.inference"]
     assert "playitback.config.derived" in GRAPH["playitback.data.build"]
+
+
+def test_config_validation_types_no_allowed_values_of_its_own() -> None:
+    """Every choice key is checked against a tuple of playitback.config.choices (which the implementing modules
+    import too), never against a literal list repeated in config/load.py; and the config imports no torch."""
+    load = PACKAGE / "config" / "load.py"
+    literal_choices = [
+        ast.unparse(node.args[1]) for node in ast.walk(ast.parse(load.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_choice"
+        and isinstance(node.args[3], ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.args[3].elts)
+    ]
+    assert literal_choices == []
+    for module in ("playitback.config.load", "playitback.config.choices", "playitback.config.defaults"):
+        assert "torch" not in {name.split(".")[0] for node in ast.walk(ast.parse(
+            (PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text()))
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])}
+
+
+def test_the_modules_implement_the_choices_the_config_allows() -> None:
+    from playitback.config import choices
+    from playitback.data import spectrogram
+    from playitback.engine import checkpointer, loop, optim
+    from playitback.models import evidence, mvit, playitback, saliency, tempr
+
+    for module, names in ((spectrogram, ("PAD_MODES", "WINDOW_SCALINGS")), (checkpointer, ("CHECKPOINT_SELECTIONS",)),
+                          (loop, ("NONFINITE_POLICIES",)), (optim, ("OPTIMIZERS", "LR_POLICIES")),
+                          (evidence, ("MIL_POOLINGS",)), (mvit, ("POOL_MODES", "HEAD_POOLS", "CLIP_NORMS")),
+                          (playitback, ("REPLAY_SOURCES", "REPLAY_RESOLUTIONS")), (saliency, ("READOUTS",)),
+                          (tempr, ("FUSIONS", "FUSION_LOCATIONS"))):
+        for name in names:
+            assert getattr(module, name) is getattr(choices, name), (module.__name__, name)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from original_keys import original_keys
-from playitback.models.tempr import FUSION_LOCATIONS, FUSIONS, TemPr, fourier_position_encoding, softmax_fp32
+from playitback.config.choices import FUSION_LOCATIONS, FUSIONS
+from playitback.models.tempr import TemPr, fourier_position_encoding, softmax_fp32
 
 D = 8  # token width of the tiny decoders
 

@@ -33,9 +33,10 @@ from fvcore.common.config import CfgNode
 from torch import Tensor
 
 from playitback.config import ConfigError, load_config
+from playitback.config.choices import WINDOW_SCALINGS
 from playitback.data.build import build_dataset, build_pyramid
 from playitback.data.events import EventFrames, load_event_spans
-from playitback.data.spectrogram import WINDOW_SCALINGS, PlaybackPyramid, playback_hops
+from playitback.data.spectrogram import PlaybackPyramid, playback_hops
 from playitback.models.replay import coarse_playback
 from playitback.utils.cli import exit_on_user_error
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode
 
-from playitback.config import derived
+from playitback.config import choices, derived
 from playitback.config.defaults import ENCODER_VARIANTS, REMOVED_KEYS, get_cfg
 from playitback.utils.errors import UserError
 
@@ -241,47 +241,46 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     errors: list[str] = []
     _choice(errors, "TRAIN.DATASET", cfg.TRAIN.DATASET.lower(), derived.DATASETS)
     _choice(errors, "TEST.DATASET", cfg.TEST.DATASET.lower(), derived.DATASETS)
-    _choice(errors, "MODEL.LOSS_FUNC", cfg.MODEL.LOSS_FUNC, ("cross_entropy", "soft_cross_entropy", "bce_logit", "bce"))
-    _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, ("mean", "adaptive", "adaptive_concat"))
-    _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, ("features", "predictions"))
-    _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, ("conv", "avg", "max"))
-    _choice(errors, "ENCODER.HEAD_POOL", cfg.ENCODER.HEAD_POOL, ("mean", "max", "attention"))
+    _choice(errors, "MODEL.LOSS_FUNC", cfg.MODEL.LOSS_FUNC, choices.LOSS_FUNCS)
+    _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, choices.FUSIONS)
+    _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, choices.FUSION_LOCATIONS)
+    _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, choices.POOL_MODES)
+    _choice(errors, "ENCODER.HEAD_POOL", cfg.ENCODER.HEAD_POOL, choices.HEAD_POOLS)
     _choice(errors, "ENCODER.VARIANT", cfg.ENCODER.VARIANT, (*ENCODER_VARIANTS, "custom"))
-    _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, ("sgd", "adam", "adamw"))
-    _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, ("cosine", "steps_with_relative_lrs"))
-    _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, ("sum", "max"))
-    _choice(errors, "DATA.FRONTEND", cfg.DATA.FRONTEND, ("auto", "workers", "device"))
-    _choice(errors, "DATA.STORAGE", cfg.DATA.STORAGE, ("auto", "files", "shards"))
-    _choice(errors, "DATA.TRAIN_SAMPLER", cfg.DATA.TRAIN_SAMPLER, ("uniform", "balanced"))
+    _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, choices.OPTIMIZERS)
+    _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, choices.LR_POLICIES)
+    _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, choices.ENSEMBLE_METHODS)
+    _choice(errors, "DATA.FRONTEND", cfg.DATA.FRONTEND, choices.FRONTENDS)
+    _choice(errors, "DATA.STORAGE", cfg.DATA.STORAGE, choices.STORAGE_MODES)
+    _choice(errors, "DATA.TRAIN_SAMPLER", cfg.DATA.TRAIN_SAMPLER, choices.TRAIN_SAMPLERS)
     if cfg.DATA.TRAIN_SAMPLER == "uniform" and (cfg.DATA.SAMPLES_PER_EPOCH or cfg.DATA.SAMPLE_WEIGHTS_FILE):
         errors.append("DATA.SAMPLES_PER_EPOCH and DATA.SAMPLE_WEIGHTS_FILE set the balanced sampler; add "
                       "DATA.TRAIN_SAMPLER balanced (the uniform sampler visits every training clip once per epoch)")
     if cfg.DATA.SAMPLES_PER_EPOCH < 0 or cfg.DATA.BALANCE_OFFSET < 0:
         errors.append(f"DATA.SAMPLES_PER_EPOCH ({cfg.DATA.SAMPLES_PER_EPOCH}) and DATA.BALANCE_OFFSET "
                       f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
-    _choice(errors, "AUDIO_DATA.NORM_PER_CLIP", cfg.AUDIO_DATA.NORM_PER_CLIP, ("none", "mean", "mean_std"))
-    _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, ("edge", "zeros"))
-    _choice(errors, "AUDIO_DATA.WINDOW_SCALING", cfg.AUDIO_DATA.WINDOW_SCALING, ("fixed", "hop"))
-    _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, ("auto", "raise", "skip"))
-    _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, ("float16", "bfloat16"))
-    _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, ("raise", "skip"))
-    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, ("auto", "best", "last"))
-    _choice(errors, "SOLVER.BASE_LR_SCALE_RULE", cfg.SOLVER.BASE_LR_SCALE_RULE, ("linear", "sqrt"))
-    _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, ("online", "offline"))
-    _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, ("attention", "slots"))
-    _choice(errors, "SALIENCY.METHOD", cfg.SALIENCY.METHOD, ("slots", "evidence"))
-    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, ("linear_softmax", "autopool", "attention"))
+    _choice(errors, "AUDIO_DATA.NORM_PER_CLIP", cfg.AUDIO_DATA.NORM_PER_CLIP, choices.CLIP_NORMS)
+    _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, choices.PAD_MODES)
+    _choice(errors, "AUDIO_DATA.WINDOW_SCALING", cfg.AUDIO_DATA.WINDOW_SCALING, choices.WINDOW_SCALINGS)
+    _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, choices.ON_BAD_FILE_POLICIES)
+    _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, choices.AMP_DTYPES)
+    _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, choices.NONFINITE_POLICIES)
+    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, choices.CHECKPOINT_SELECTIONS)
+    _choice(errors, "SOLVER.BASE_LR_SCALE_RULE", cfg.SOLVER.BASE_LR_SCALE_RULE, choices.LR_SCALE_RULES)
+    _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, choices.WANDB_MODES)
+    _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, choices.READOUTS)
+    _choice(errors, "SALIENCY.METHOD", cfg.SALIENCY.METHOD, choices.SALIENCY_METHODS)
+    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, choices.MIL_POOLINGS)
     if cfg.SALIENCY.EVIDENCE_FRAMES < 1 or cfg.SALIENCY.EVIDENCE_FRAMES % 2 == 0:
         errors.append(f"SALIENCY.EVIDENCE_FRAMES is {cfg.SALIENCY.EVIDENCE_FRAMES}; it must be odd and positive "
                       "(frames on each side of a frame, plus the frame)")
     if not 0.0 <= cfg.SALIENCY.BUDGET <= 1.0:
         errors.append(f"SALIENCY.BUDGET is {cfg.SALIENCY.BUDGET}; it is the share of frames to replay, in [0, 1] "
                       "(0: the frames above the mean saliency)")
-    _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, ("inductor", "aot_eager", "eager", "cudagraphs"))
-    _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE,
-            ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-    _choice(errors, "MODEL.REPLAY", cfg.MODEL.REPLAY, ("saliency", "events", "random", "none"))
-    _choice(errors, "MODEL.REPLAY_RESOLUTION", cfg.MODEL.REPLAY_RESOLUTION, ("fine", "coarse"))
+    _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, choices.COMPILE_BACKENDS)
+    _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE, choices.COMPILE_MODES)
+    _choice(errors, "MODEL.REPLAY", cfg.MODEL.REPLAY, choices.REPLAY_SOURCES)
+    _choice(errors, "MODEL.REPLAY_RESOLUTION", cfg.MODEL.REPLAY_RESOLUTION, choices.REPLAY_RESOLUTIONS)
     if cfg.MODEL.REPLAY == "events" and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
         errors.append("MODEL.REPLAY events replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
                       "uid, event_start_s, event_stop_s) and MODEL.PLAYBACK of at least 1")

@@ -36,9 +36,9 @@ import librosa
 import torch
 from torch import Tensor, nn
 
+from playitback.config.choices import PAD_MODES, WINDOW_SCALINGS
+
 LOG_OFFSET = 1e-6
-PAD_MODES = ("edge", "zeros")
-WINDOW_SCALINGS = ("fixed", "hop")
 # Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
 # small matmuls; 16 was the fastest of 8/16/32 (and 5x faster than the dense product) for 128 bands at n_fft 2048.
 _BANDS_PER_BLOCK = 16

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from playitback.config.choices import CHECKPOINT_SELECTIONS
 from playitback.engine import checkpoint as ckpt
 from playitback.engine.loop import TrainState
 from playitback.models.weights import from_original_key
@@ -21,7 +22,6 @@ from playitback.utils import distributed as du
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_SELECTIONS = ("auto", "best", "last")
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], source: Path | str) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from playitback.config.choices import NONFINITE_POLICIES
 from playitback.data.dataset import count_short
 from playitback.engine.optim import LRSchedule, clip_gradients, set_lr
 from playitback.engine.task import ClassificationTask
@@ -31,7 +32,6 @@ from playitback.utils import distributed as du
 
 logger = logging.getLogger(__name__)
 
-NONFINITE_POLICIES = ("raise", "skip")
 
 
 class NonFiniteLossError(RuntimeError):

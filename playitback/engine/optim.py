@@ -11,10 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from playitback.config.choices import LR_POLICIES, OPTIMIZERS
 from playitback.models.mvit import MViT
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_POLICIES = ("cosine", "steps_with_relative_lrs")
 
 
 def _no_weight_decay_names(model: nn.Module) -> set[str]:

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from playitback.config.choices import MIL_POOLINGS
 from playitback.models.saliency import normalise_per_sample
 
 __all__ = ["MIL_POOLINGS", "FrameEvidence", "mil_pool"]
 
-MIL_POOLINGS = ("linear_softmax", "autopool", "attention")
 
 
 def mil_pool(frame_probs: Tensor, pooling: str, alpha: Tensor | None = None,

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_POOL_MODES = ("conv", "avg", "max")
-HEAD_POOLS = ("mean", "max", "attention")
-CLIP_NORMS = ("none", "mean", "mean_std")
+from playitback.config.choices import CLIP_NORMS, HEAD_POOLS, POOL_MODES
+
 _LAYER_NORM_EPS = 1e-6
 
 Grid = tuple[int, int]
@@ -564,8 +563,8 @@ class MViT(nn.Module):
         num_classes = [int(n) for n in num_classes]
         if not num_classes or min(num_classes) < 1:
             raise ValueError(f"num_classes must list at least one positive class count per task, got {num_classes}")
-        if mode not in _POOL_MODES:
-            raise ValueError(f"mode must be one of {_POOL_MODES}, got {mode!r}")
+        if mode not in POOL_MODES:
+            raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
         if clip_norm not in CLIP_NORMS:
             raise ValueError(f"clip_norm must be one of {CLIP_NORMS}, got {clip_norm!r}")
         if head_pool not in HEAD_POOLS:

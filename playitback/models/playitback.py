@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from playitback.config.choices import REPLAY_RESOLUTIONS, REPLAY_SOURCES
 from playitback.models.evidence import FrameEvidence
 from playitback.models.mvit import MViT
 from playitback.models.output import ModelOutput
@@ -52,8 +53,6 @@ class EncoderClassifier(nn.Module):
         return ModelOutput(logits=self.encoder.forward_head(tokens), features=self.encoder.pool(tokens))
 
 
-REPLAY_SOURCES = ("saliency", "events", "random", "none")
-REPLAY_RESOLUTIONS = ("fine", "coarse")
 
 
 def nominal_hops(num_playbacks: int) -> list[int]:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from playitback.config.choices import READOUTS
 from playitback.models.mvit import TokenRows
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "temporal_profile",
 ]
 
-READOUTS = ("attention", "slots")
 # Seed of the fixed per-slot anchors: a constant so that eval outputs are reproducible across runs and machines.
 _ANCHOR_SEED = 0
 

@@ -26,8 +26,7 @@ from einops import rearrange
 from einops.layers.torch import Rearrange, Reduce
 from torch import Tensor, nn
 
-FUSIONS = ("mean", "adaptive", "adaptive_concat")
-FUSION_LOCATIONS = ("features", "predictions")
+from playitback.config.choices import FUSION_LOCATIONS, FUSIONS
 
 
 def fourier_position_encoding(
