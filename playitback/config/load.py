@@ -230,10 +230,49 @@ def validation_warnings(cfg: CfgNode) -> list[str]:
     return warnings
 
 
-def _choice(errors: list[str], key: str, value: Any, choices: Iterable[Any]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        errors.append(f"{key} is {value!r}; choose one of {', '.join(map(repr, choices))}")
+# Every key that names one of a fixed set of values, and the set (owned by playitback.config.choices).
+CHOICE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("MODEL.LOSS_FUNC", choices.LOSS_FUNCS),
+    ("DECODER.FUSION", choices.FUSIONS),
+    ("DECODER.FUSION_LOC", choices.FUSION_LOCATIONS),
+    ("ENCODER.MODE", choices.POOL_MODES),
+    ("ENCODER.HEAD_POOL", choices.HEAD_POOLS),
+    ("SOLVER.OPTIMIZING_METHOD", choices.OPTIMIZERS),
+    ("SOLVER.LR_POLICY", choices.LR_POLICIES),
+    ("DATA.ENSEMBLE_METHOD", choices.ENSEMBLE_METHODS),
+    ("DATA.FRONTEND", choices.FRONTENDS),
+    ("DATA.STORAGE", choices.STORAGE_MODES),
+    ("DATA.TRAIN_SAMPLER", choices.TRAIN_SAMPLERS),
+    ("AUDIO_DATA.NORM_PER_CLIP", choices.CLIP_NORMS),
+    ("AUDIO_DATA.PAD_MODE", choices.PAD_MODES),
+    ("AUDIO_DATA.WINDOW_SCALING", choices.WINDOW_SCALINGS),
+    ("DATA_LOADER.ON_BAD_FILE", choices.ON_BAD_FILE_POLICIES),
+    ("TRAIN.AMP_DTYPE", choices.AMP_DTYPES),
+    ("TRAIN.ON_NONFINITE_LOSS", choices.NONFINITE_POLICIES),
+    ("TEST.CHECKPOINT_SELECT", choices.CHECKPOINT_SELECTIONS),
+    ("SOLVER.BASE_LR_SCALE_RULE", choices.LR_SCALE_RULES),
+    ("WANDB.MODE", choices.WANDB_MODES),
+    ("SALIENCY.READOUT", choices.READOUTS),
+    ("SALIENCY.METHOD", choices.SALIENCY_METHODS),
+    ("SALIENCY.MIL_POOLING", choices.MIL_POOLINGS),
+    ("MODEL.COMPILE_BACKEND", choices.COMPILE_BACKENDS),
+    ("MODEL.COMPILE_MODE", choices.COMPILE_MODES),
+    ("MODEL.REPLAY", choices.REPLAY_SOURCES),
+    ("MODEL.REPLAY_RESOLUTION", choices.REPLAY_RESOLUTIONS),
+)
+
+
+def _value(cfg: CfgNode, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _choice(errors: list[str], key: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        errors.append(f"{key} is {value!r}; choose one of {', '.join(map(repr, allowed))}")
 
 
 def validation_errors(cfg: CfgNode) -> list[str]:
@@ -241,46 +280,21 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     errors: list[str] = []
     _choice(errors, "TRAIN.DATASET", cfg.TRAIN.DATASET.lower(), derived.DATASETS)
     _choice(errors, "TEST.DATASET", cfg.TEST.DATASET.lower(), derived.DATASETS)
-    _choice(errors, "MODEL.LOSS_FUNC", cfg.MODEL.LOSS_FUNC, choices.LOSS_FUNCS)
-    _choice(errors, "DECODER.FUSION", cfg.DECODER.FUSION, choices.FUSIONS)
-    _choice(errors, "DECODER.FUSION_LOC", cfg.DECODER.FUSION_LOC, choices.FUSION_LOCATIONS)
-    _choice(errors, "ENCODER.MODE", cfg.ENCODER.MODE, choices.POOL_MODES)
-    _choice(errors, "ENCODER.HEAD_POOL", cfg.ENCODER.HEAD_POOL, choices.HEAD_POOLS)
     _choice(errors, "ENCODER.VARIANT", cfg.ENCODER.VARIANT, (*ENCODER_VARIANTS, "custom"))
-    _choice(errors, "SOLVER.OPTIMIZING_METHOD", cfg.SOLVER.OPTIMIZING_METHOD, choices.OPTIMIZERS)
-    _choice(errors, "SOLVER.LR_POLICY", cfg.SOLVER.LR_POLICY, choices.LR_POLICIES)
-    _choice(errors, "DATA.ENSEMBLE_METHOD", cfg.DATA.ENSEMBLE_METHOD, choices.ENSEMBLE_METHODS)
-    _choice(errors, "DATA.FRONTEND", cfg.DATA.FRONTEND, choices.FRONTENDS)
-    _choice(errors, "DATA.STORAGE", cfg.DATA.STORAGE, choices.STORAGE_MODES)
-    _choice(errors, "DATA.TRAIN_SAMPLER", cfg.DATA.TRAIN_SAMPLER, choices.TRAIN_SAMPLERS)
+    for key, allowed in CHOICE_KEYS:
+        _choice(errors, key, _value(cfg, key), allowed)
     if cfg.DATA.TRAIN_SAMPLER == "uniform" and (cfg.DATA.SAMPLES_PER_EPOCH or cfg.DATA.SAMPLE_WEIGHTS_FILE):
         errors.append("DATA.SAMPLES_PER_EPOCH and DATA.SAMPLE_WEIGHTS_FILE set the balanced sampler; add "
                       "DATA.TRAIN_SAMPLER balanced (the uniform sampler visits every training clip once per epoch)")
     if cfg.DATA.SAMPLES_PER_EPOCH < 0 or cfg.DATA.BALANCE_OFFSET < 0:
         errors.append(f"DATA.SAMPLES_PER_EPOCH ({cfg.DATA.SAMPLES_PER_EPOCH}) and DATA.BALANCE_OFFSET "
                       f"({cfg.DATA.BALANCE_OFFSET}) must be >= 0")
-    _choice(errors, "AUDIO_DATA.NORM_PER_CLIP", cfg.AUDIO_DATA.NORM_PER_CLIP, choices.CLIP_NORMS)
-    _choice(errors, "AUDIO_DATA.PAD_MODE", cfg.AUDIO_DATA.PAD_MODE, choices.PAD_MODES)
-    _choice(errors, "AUDIO_DATA.WINDOW_SCALING", cfg.AUDIO_DATA.WINDOW_SCALING, choices.WINDOW_SCALINGS)
-    _choice(errors, "DATA_LOADER.ON_BAD_FILE", cfg.DATA_LOADER.ON_BAD_FILE, choices.ON_BAD_FILE_POLICIES)
-    _choice(errors, "TRAIN.AMP_DTYPE", cfg.TRAIN.AMP_DTYPE, choices.AMP_DTYPES)
-    _choice(errors, "TRAIN.ON_NONFINITE_LOSS", cfg.TRAIN.ON_NONFINITE_LOSS, choices.NONFINITE_POLICIES)
-    _choice(errors, "TEST.CHECKPOINT_SELECT", cfg.TEST.CHECKPOINT_SELECT, choices.CHECKPOINT_SELECTIONS)
-    _choice(errors, "SOLVER.BASE_LR_SCALE_RULE", cfg.SOLVER.BASE_LR_SCALE_RULE, choices.LR_SCALE_RULES)
-    _choice(errors, "WANDB.MODE", cfg.WANDB.MODE, choices.WANDB_MODES)
-    _choice(errors, "SALIENCY.READOUT", cfg.SALIENCY.READOUT, choices.READOUTS)
-    _choice(errors, "SALIENCY.METHOD", cfg.SALIENCY.METHOD, choices.SALIENCY_METHODS)
-    _choice(errors, "SALIENCY.MIL_POOLING", cfg.SALIENCY.MIL_POOLING, choices.MIL_POOLINGS)
     if cfg.SALIENCY.EVIDENCE_FRAMES < 1 or cfg.SALIENCY.EVIDENCE_FRAMES % 2 == 0:
         errors.append(f"SALIENCY.EVIDENCE_FRAMES is {cfg.SALIENCY.EVIDENCE_FRAMES}; it must be odd and positive "
                       "(frames on each side of a frame, plus the frame)")
     if not 0.0 <= cfg.SALIENCY.BUDGET <= 1.0:
         errors.append(f"SALIENCY.BUDGET is {cfg.SALIENCY.BUDGET}; it is the share of frames to replay, in [0, 1] "
                       "(0: the frames above the mean saliency)")
-    _choice(errors, "MODEL.COMPILE_BACKEND", cfg.MODEL.COMPILE_BACKEND, choices.COMPILE_BACKENDS)
-    _choice(errors, "MODEL.COMPILE_MODE", cfg.MODEL.COMPILE_MODE, choices.COMPILE_MODES)
-    _choice(errors, "MODEL.REPLAY", cfg.MODEL.REPLAY, choices.REPLAY_SOURCES)
-    _choice(errors, "MODEL.REPLAY_RESOLUTION", cfg.MODEL.REPLAY_RESOLUTION, choices.REPLAY_RESOLUTIONS)
     if cfg.MODEL.REPLAY == "events" and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
         errors.append("MODEL.REPLAY events replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
                       "uid, event_start_s, event_stop_s) and MODEL.PLAYBACK of at least 1")
