@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slurm
 
 FAULTY = str(Path(__file__).resolve().parent / "faulty_run_net.py")
 RUN_TIMEOUT_S = 300
-LOST_PROCESS = "LostProcessError: process 0 of 2 stops: a collective operation with the other processes failed"
+LOST_PROCESS = "LostProcessError: process 0 of 2 stops in stage train: a collective operation with the other processes failed"
 
 
 def start(command: list[str], **env: str) -> subprocess.Popen:
