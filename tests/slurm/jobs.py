@@ -116,16 +116,33 @@ def signal_reached(tasks: list[psutil.Process], signum: int) -> bool:
 # SLURM jobs (tests/slurm/test_jobs.py).
 # ---------------------------------------------------------------------------------------------------------------------
 def job_alive(cluster: LocalSlurmCluster, job_id: str) -> bool:
-    return cluster.job(job_id).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "COMPLETING")
+    return cluster.job(job_id).get("JobState") in ("PENDING", "CONFIGURING", "RUNNING", "STOPPED", "REQUEUED",
+                                                   "COMPLETING")
 
 
-def wait_until_mid_epoch(cluster: LocalSlurmCluster, job_id: str, output_dir: Path) -> None:
-    """Wait until the job's run logged iteration 3 of epoch 2, then hold its tasks (SIGSTOP) so that the epoch cannot
-    end before what the test does next, however fast the steps are. SLURM sends SIGCONT before the signals of a
-    requeue; `meet_time_limit_mid_epoch` resumes the tasks itself."""
+def wait_until_mid_epoch(cluster: LocalSlurmCluster, job_id: str, output_dir: Path, task_command: str) -> None:
+    """Wait until the job's run logged iteration 3 of epoch 2, then hold its tasks (`task_command` in their command
+    line) with SIGSTOP so that the epoch cannot end before what the test does next, however fast the steps are; return
+    once both are stopped. SLURM sends SIGCONT before the signals of a requeue; `meet_time_limit_mid_epoch` resumes
+    the tasks itself.
+
+    `scancel --signal` returns before the signal is delivered (slurmctld hands it to slurmd, which hands it to the
+    step): on a loaded machine a STOP that the test did not wait for can land after the SIGCONT that was to resume
+    the tasks, and leaves them stopped until the job is killed."""
     wait_for(lambda: in_epoch(output_dir, 2, 3), "iteration 3 of epoch 2", JOB_TIMEOUT_S,
              alive=lambda: job_alive(cluster, job_id))
     cluster.command("scancel", "--signal", "STOP", job_id)  # the job steps, not the batch shell
+    tasks = cluster.job_processes(job_id, task_command)
+    assert len(tasks) == 2, tasks
+    wait_for(lambda: all(_stopped(task) for task in tasks), "SIGSTOP to reach both tasks", 60,
+             alive=lambda: job_alive(cluster, job_id), details=lambda: job_state(cluster, job_id))
+
+
+def _stopped(task: psutil.Process) -> bool:
+    try:
+        return task.status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
 
 
 def finish(cluster: LocalSlurmCluster, job_id: str, logs: Callable[[], str]) -> dict[str, str]:

@@ -115,7 +115,7 @@ def test_preempted_job_is_requeued_and_resumes_exactly(submitter: Submitter, slu
     """`scontrol requeue` in the middle of epoch 2: SLURM sends SIGTERM to every process of the job (batch shell and
     DataLoader workers included); the tasks save at their next step, and the requeued job resumes from there."""
     job = submitter.submit(slurm_cluster, job_data, tmp_path)
-    wait_until_mid_epoch(slurm_cluster, job, tmp_path)
+    wait_until_mid_epoch(slurm_cluster, job, tmp_path, submitter.task_command)
     slurm_cluster.command("scontrol", "requeue", job)
     info = finish(slurm_cluster, job, lambda: submitter.logs(tmp_path, job))
     assert info["Restarts"] == "1"
@@ -128,7 +128,7 @@ def test_job_at_its_time_limit_saves_requeues_itself_and_finishes(submitter: Sub
                                                                   slurm_cluster: LocalSlurmCluster, job_data: Path,
                                                                   reference_run: Path, tmp_path: Path) -> None:
     job = submitter.submit(slurm_cluster, job_data, tmp_path)
-    wait_until_mid_epoch(slurm_cluster, job, tmp_path)
+    wait_until_mid_epoch(slurm_cluster, job, tmp_path, submitter.task_command)
     meet_time_limit_mid_epoch(slurm_cluster, job, submitter.task_command, submitter.warning)
     info = finish(slurm_cluster, job, lambda: submitter.logs(tmp_path, job))
     assert info["Restarts"] == "1"
