@@ -134,8 +134,9 @@ def wait_until_mid_epoch(cluster: LocalSlurmCluster, job_id: str, output_dir: Pa
     cluster.command("scancel", "--signal", "STOP", job_id)  # the job steps, not the batch shell
     tasks = cluster.job_processes(job_id, task_command)
     assert len(tasks) == 2, tasks
+    # Alive while the tasks exist (a job being stopped passes through states that job_alive does not list).
     wait_for(lambda: all(_stopped(task) for task in tasks), "SIGSTOP to reach both tasks", 60,
-             alive=lambda: job_alive(cluster, job_id), details=lambda: job_state(cluster, job_id))
+             alive=lambda: all(task.is_running() for task in tasks), details=lambda: job_state(cluster, job_id))
 
 
 def _stopped(task: psutil.Process) -> bool:
