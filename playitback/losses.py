@@ -5,7 +5,7 @@ Shape legend: B batch, K total classes (tasks concatenated), S playbacks.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +104,32 @@ def saliency_priors(saliency: Tensor, budget: float) -> tuple[Tensor, Tensor]:
     return area, contiguity
 
 
+def _contrast(inputs: Sequence[Tensor], targets: Tensor, class_counts: Sequence[int], multi_label: bool,
+              margin: float) -> Tensor:
+    pos_logits, neg_logits = inputs
+    return saliency_loss(pos_logits, neg_logits, targets, class_counts, multi_label, margin)
+
+
+def _mil(inputs: Sequence[Tensor], targets: Tensor, class_counts: Sequence[int], multi_label: bool,
+         margin: float) -> Tensor:
+    (evidence_probs,) = inputs
+    return evidence_loss(evidence_probs, targets)
+
+
+#: The saliency objectives by the name a saliency class gives as its ``objective``
+#: (:class:`playitback.models.saliency_interface.Saliency`): ``loss(inputs, targets, class_counts, multi_label,
+#: margin)``, ``inputs`` the values of the fields the class declares (``objective_fields``, each [S, B, K]), in order.
+SALIENCY_OBJECTIVES: dict[str, Callable[..., Tensor]] = {"contrast": _contrast, "mil": _mil}
+
+
 class PlayItBackLoss(nn.Module):
     """L(fused) + w_aux * sum_i L(playback i) + w_rank * saliency objective (+ shape priors); the encoder alone:
     L(logits).
 
-    The saliency objective is the one the model's saliency produced inputs for: the pooling contrast of
-    :func:`saliency_loss` (``pos_logits``, ``neg_logits``) or the MIL objective of :func:`evidence_loss`
-    (``evidence_probs``). With ``area_weight`` or ``contiguity_weight`` the priors of :func:`saliency_priors` on
+    The saliency objective is the one the model's saliency class declares: ``saliency_objective`` (a key of
+    :data:`SALIENCY_OBJECTIVES`: "contrast", the pooling contrast of :func:`saliency_loss`, or "mil", the MIL
+    objective of :func:`evidence_loss`) over the ModelOutput fields ``saliency_fields`` (the class's
+    ``objective_fields``). With ``area_weight`` or ``contiguity_weight`` the priors of :func:`saliency_priors` on
     ``saliency`` are added.
 
     Returns a dict of scalar tensors: "loss" (the total to back-propagate) and every term.
@@ -118,8 +137,14 @@ class PlayItBackLoss(nn.Module):
 
     def __init__(self, label_space: LabelSpace, aux_weight: float = 0.1, rank_weight: float = 0.1,
                  rank_margin: float = 0.05, area_weight: float = 0.0, contiguity_weight: float = 0.0,
-                 budget: float = 0.0) -> None:
+                 budget: float = 0.0, saliency_objective: str = "contrast",
+                 saliency_fields: Sequence[str] = ("pos_logits", "neg_logits")) -> None:
         super().__init__()
+        if saliency_objective not in SALIENCY_OBJECTIVES:
+            raise ValueError(f"saliency_objective must be one of {tuple(SALIENCY_OBJECTIVES)}, got "
+                             f"{saliency_objective!r}")
+        self.saliency_objective = SALIENCY_OBJECTIVES[saliency_objective]
+        self.saliency_fields = tuple(saliency_fields)
         self.class_counts = list(label_space.class_counts)
         self.multi_label = label_space.multi_label
         self.aux_weight = aux_weight
@@ -138,14 +163,13 @@ class PlayItBackLoss(nn.Module):
         aux = torch.stack([
             classification_loss(z, targets, self.class_counts, self.multi_label) for z in outputs.playback_logits
         ]).sum()
-        if outputs.evidence_probs is not None:
-            rank = evidence_loss(outputs.evidence_probs, targets)
-        elif outputs.pos_logits is not None and outputs.neg_logits is not None:
-            rank = saliency_loss(outputs.pos_logits, outputs.neg_logits, targets, self.class_counts,
-                                 self.multi_label, self.rank_margin)
-        else:
-            raise ValueError("a model with playback_logits must give its saliency objective's inputs: "
-                             "evidence_probs, or pos_logits and neg_logits")
+        inputs = [getattr(outputs, name) for name in self.saliency_fields]
+        unset = [name for name, value in zip(self.saliency_fields, inputs) if value is None]
+        if unset:
+            raise ValueError(f"the saliency objective reads the model outputs {', '.join(self.saliency_fields)}, "
+                             f"but the model left {', '.join(unset)} unset: build the loss with the objective and "
+                             "fields of the model's saliency class")
+        rank = self.saliency_objective(inputs, targets, self.class_counts, self.multi_label, self.rank_margin)
         total = fused + self.aux_weight * aux + self.rank_weight * rank
         terms = {"loss_fused": fused, "loss_aux": aux, "loss_saliency": rank}
         if self.area_weight or self.contiguity_weight:

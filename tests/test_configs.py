@@ -13,6 +13,7 @@ from playitback.data.build import build_label_space
 from playitback.engine.build import build_loss
 from playitback.losses import labels_to_targets
 from playitback.models import EncoderClassifier, PlayItBack, build_model
+from playitback.models.build import build_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "_base_" not in p.parts and p.stem != "_base_")
@@ -28,6 +29,8 @@ TINY = [
     "DECODER.LATENT_HEADS", "2", "DECODER.LATENT_DIM_HEAD", "8", "DECODER.CROSS_DIM_HEAD", "8",
     "DECODER.SELF_PER_CROSS_ATTN", "1",
 ]
+# The AST configs: the same tiny width with heads that divide it, the decoder taking the encoder's width.
+TINY_BY_ENCODER = {"mvit": [], "ast": ["ENCODER.NUM_HEADS", "2", "DECODER.INPUT_CHANNELS", "0"]}
 
 
 def test_shipped_configs_exist() -> None:
@@ -63,7 +66,7 @@ def test_audioset_recipes_balanced_as2m_and_as20k() -> None:
 def test_shipped_config_runs_at_tiny_size(path: Path) -> None:
     full = load_config(path)
     assert full.DECODER.DEPTH == full.MODEL.PLAYBACK + 1 or derived.is_encoder_only(full)
-    cfg = load_config(path, TINY)
+    cfg = load_config(path, TINY + TINY_BY_ENCODER[full.ENCODER.NAME])
     torch.manual_seed(0)
     model = build_model(cfg)
     assert isinstance(model, EncoderClassifier if derived.is_encoder_only(cfg) else PlayItBack)
@@ -107,7 +110,7 @@ def test_original_values_survive() -> None:
     cfg = load_config(REPO / "configs/VGG-Sound/PlayItBackX2.yaml")
     assert (cfg.MODEL.NUM_CLASSES, cfg.AUDIO_DATA.CLIP_SECS, cfg.SOLVER.BASE_LR) == (309, 5.0, 5e-4)
     assert cfg.ENCODER.DEPTH == 24 and cfg.ENCODER.DROPPATH_RATE == 0.3 and cfg.MIXUP.ENABLE
-    assert derived.clip_samples(cfg) == 80000 and derived.encoder_width(cfg) == 768
+    assert derived.clip_samples(cfg) == 80000 and build_encoder(cfg).num_features == 768
     epic = load_config(REPO / "configs/EPIC-KITCHENS/PlayItBackX3.yaml")
     assert derived.class_counts(epic) == [97, 300] and derived.clip_samples(epic) == 31984
     audioset = load_config(REPO / "configs/AudioSet/PlayItBackX1.yaml")
@@ -135,7 +138,11 @@ def test_command_line_overrides_and_types() -> None:
         (["DECODER.FUSION", "sum"], "DECODER.FUSION is 'sum'; choose one of"),
         (["DATA.MULTI_LABEL", "True"], "DATA.MULTI_LABEL needs MODEL.LOSS_FUNC bce_logit"),
         (["NUM_GPUS"], "KEY VALUE pairs"),
-        (["ENCODER.EMBED_DIM", "64"], "DECODER.INPUT_CHANNELS (768) must equal the encoder's output width (512"),
+        (["ENCODER.NAME", "ast"], "ENCODER.VARIANT mvitv2_s is a size of the mvit encoder, but ENCODER.NAME is ast; "
+                                  "choose a variant of ast (ast_base)"),
+        (["ENCODER.VARIANT", "ast_base", "ENCODER.HEAD_POOL", "max"], "ENCODER.HEAD_POOL and ENCODER.STEM_CHANNELS "
+                                                                       "are keys of the mvit encoder"),
+        (["ENCODER.NAME", "beats"], "ENCODER.NAME is 'beats'; choose one of 'mvit', 'ast'"),
         (["AUDIO_DATA.NORM_STD", "0.0"], "AUDIO_DATA.NORM_STD (0.0) must be positive; tools/input_stats.py"),
         (["ENCODER.PATCH_KERNEL", "[3, 128]", "AUDIO_DATA.NUM_FREQUENCIES", "64"],
          "ENCODER.PATCH_KERNEL [3, 128] spans more mel bins than the input has (AUDIO_DATA.NUM_FREQUENCIES 64 + 2"),

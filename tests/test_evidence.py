@@ -171,7 +171,8 @@ def test_playitback_loss_picks_the_objective_and_adds_the_priors() -> None:
                           evidence_probs=torch.tensor([[[0.2, 0.7, 0.1]]]).expand(2, -1, -1),
                           saliency=torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]))
     loss = PlayItBackLoss(LabelSpace((3,)), aux_weight=0.1, rank_weight=0.5, area_weight=2.0,
-                          contiguity_weight=3.0, budget=0.5)
+                          contiguity_weight=3.0, budget=0.5, saliency_objective="mil",
+                          saliency_fields=("evidence_probs",))
     terms = loss(outputs, targets)
     ce = F.cross_entropy(logits, torch.tensor([1]))
     area, contiguity = saliency_priors(outputs.saliency, 0.5)
@@ -186,6 +187,7 @@ def test_playitback_with_evidence_trains_every_trainable_parameter(freeze: bool)
     which the evidence objective does not use, is frozen)."""
     from engine_utils import TINY_MODEL
     from playitback.config import load_config
+    from playitback.engine.build import build_loss
     from playitback.models import build_model
 
     cfg = load_config(REPO / "configs/Demo/PlayItBackX2.yaml",
@@ -196,7 +198,7 @@ def test_playitback_with_evidence_trains_every_trainable_parameter(freeze: bool)
     playbacks = [torch.randn(3, 16 * (i + 1), 128) for i in range(3)]
     outputs = model(playbacks)
     assert outputs.replay_masks.sum(-1).tolist() == [[4, 4]] * 3  # 0.25 of 16 frames
-    loss = PlayItBackLoss(LabelSpace((4,)))(outputs, F.one_hot(torch.tensor([0, 1, 3]), 4).float())["loss"]
+    loss = build_loss(cfg, LabelSpace((4,)))(outputs, F.one_hot(torch.tensor([0, 1, 3]), 4).float())["loss"]
     loss.backward()
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), [

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "playitback"
 # Bottom to top; a module may import its own subpackage and any lower layer, never a layer at or above its own.
 LAYERS = [
-    {"utils"},
+    {"utils", "registry"},
     {"config"},
     {"data", "models"},
     {"losses", "metrics"},
@@ -103,7 +103,7 @@ def test_inference_never_imports_the_training_loop() -> None:
 
 def test_the_graph_reader_finds_known_edges() -> None:
     # The checks above pass trivially on an empty graph; these edges exist (absolute, relative and package imports).
-    assert "playitback.models.mvit" in GRAPH["playitback.models.build"] | _reachable("playitback.models.build")
+    assert "playitback.models.encoder" in GRAPH["playitback.models.build"] | _reachable("playitback.models.build")
     assert "playitback.models.replay" in GRAPH["playitback.inference"]
     assert "playitback.config.derived" in GRAPH["playitback.data.build"]
 
@@ -129,11 +129,11 @@ def test_the_modules_implement_the_choices_the_config_allows() -> None:
     from playitback.config import choices
     from playitback.data import spectrogram
     from playitback.engine import checkpointer, loop, optim
-    from playitback.models import evidence, mvit, playitback, saliency, tempr
+    from playitback.models import encoder, evidence, mvit, playitback, saliency, tempr
 
-    for module, names in ((spectrogram, ("PAD_MODES", "WINDOW_SCALINGS")), (checkpointer, ("CHECKPOINT_SELECTIONS",)),
+    for module, names in ((spectrogram, ("PAD_MODES", "WINDOW_SCALINGS", "FEATURE_STYLES")), (checkpointer, ("CHECKPOINT_SELECTIONS",)),
                           (loop, ("NONFINITE_POLICIES",)), (optim, ("OPTIMIZERS", "LR_POLICIES")),
-                          (evidence, ("MIL_POOLINGS",)), (mvit, ("POOL_MODES", "HEAD_POOLS", "CLIP_NORMS")),
+                          (evidence, ("MIL_POOLINGS",)), (mvit, ("POOL_MODES", "HEAD_POOLS")), (encoder, ("CLIP_NORMS",)),
                           (playitback, ("REPLAY_SOURCES", "REPLAY_RESOLUTIONS")), (saliency, ("READOUTS",)),
                           (tempr, ("FUSIONS", "FUSION_LOCATIONS"))):
         for name in names:

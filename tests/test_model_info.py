@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from engine_utils import TINY_MODEL
 from playitback.config import derived, load_config
 from playitback.models import build_model
+from playitback.models.build import build_encoder
 from playitback.utils.flops import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_stage_flops_add_up_and_the_head_matches_a_hand_count(tiny_info: dict) -
     to the total."""
     cfg = load_config(CFG, SLOT_RECIPE)
     playbacks, batch = 3, 2
-    width, classes = derived.encoder_width(cfg), cfg.MODEL.NUM_CLASSES
+    width, classes = build_encoder(cfg).num_features, cfg.MODEL.NUM_CLASSES
     head_calls = 2 * playbacks * batch * width * classes
     flops = tiny_info["flops"]
     assert flops["encoder_passes"] == playbacks * flops["encoder_pass"]

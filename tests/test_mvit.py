@@ -314,15 +314,15 @@ def test_clip_norm_removes_each_clips_level_and_scale() -> None:
     scale = torch.tensor([0.5, 1.0, 3.0]).view(3, 1, 1, 1)
     by_hand = (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
     mean_std = tiny_mvit(clip_norm="mean_std", input_mean=1.0, input_std=2.0).eval()
-    torch.testing.assert_close(mean_std.standardise(x * scale + level), by_hand)
+    torch.testing.assert_close(mean_std.input_norm(x * scale + level), by_hand)
     # A recording level (an additive offset of the log-mel) changes nothing with "mean"; a scale still does.
     mean = tiny_mvit(clip_norm="mean").eval()
-    torch.testing.assert_close(mean.standardise(x + level), x - x.mean(dim=(2, 3), keepdim=True))
+    torch.testing.assert_close(mean.input_norm(x + level), x - x.mean(dim=(2, 3), keepdim=True))
     torch.testing.assert_close(mean(x + level), mean(x))
     torch.testing.assert_close(mean_std(x * scale + level), mean_std(x))
     assert not torch.allclose(mean(x * scale), mean(x))
     plain = tiny_mvit().eval()
-    torch.testing.assert_close(plain.standardise(x + level), x + level)
+    torch.testing.assert_close(plain.input_norm(x + level), x + level)
     assert mean_std.state_dict().keys() == plain.state_dict().keys()
     with pytest.raises(ValueError, match="clip_norm"):
         tiny_mvit(clip_norm="per_band")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from original_keys import MODELS, original_keys
-from playitback.models.mvit import TokenRows
+from playitback.models.encoder import TokenRows
 from playitback.models.saliency import (
     SlotAttention,
     TemporalSaliency,

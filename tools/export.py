@@ -145,6 +145,7 @@ def export(cfg: CfgNode, checkpoint: str | Path | None, out_dir: str | Path, for
         "clip_secs": cfg.AUDIO_DATA.CLIP_SECS,
         "window_ms": cfg.AUDIO_DATA.WINDOW_LENGTH,
         "window_scaling": cfg.AUDIO_DATA.WINDOW_SCALING,
+        "feature_style": cfg.AUDIO_DATA.FEATURE_STYLE,
         "n_fft": cfg.AUDIO_DATA.N_FFT,
         "files": {name: file.name for name, file in written.items()},
     }

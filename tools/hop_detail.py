@@ -80,7 +80,8 @@ def measure(cfg: CfgNode, max_clips: int) -> dict[str, dict[str, float]]:
         pyramid = build_pyramid(cfg)
         # Playback 0's hop with each playback's window: what the finer hop is compared with.
         base_pyramids = [PlaybackPyramid(rate, 1, pyramid.frames0, length * 1000 / rate, pyramid.n_fft,
-                                         pyramid.n_mels, pyramid.pad_mode) for length in pyramid.win_lengths]
+                                         pyramid.n_mels, pyramid.pad_mode, style=pyramid.style)
+                         for length in pyramid.win_lengths]
         totals = None
         for index in range(min(max_clips, len(dataset))):
             item = dataset[index]

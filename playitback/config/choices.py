@@ -2,6 +2,8 @@
 
 The modules that implement a choice import its tuple from here (so that a new value is added once), and the config
 check (:func:`playitback.config.load.validation_errors`) validates against the same tuples without importing torch.
+The encoders and saliencies are registries instead (:mod:`playitback.registry`), which the check reads as they are
+when it runs, so that a name registered at run time is valid.
 """
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ ON_BAD_FILE_POLICIES = ("auto", "raise", "skip")
 CLIP_NORMS = ("none", "mean", "mean_std")
 PAD_MODES = ("edge", "zeros")
 WINDOW_SCALINGS = ("fixed", "hop")
+FEATURE_STYLES = ("librosa", "kaldi")
 
 # ENCODER, SALIENCY, DECODER, MODEL
 POOL_MODES = ("conv", "avg", "max")
 HEAD_POOLS = ("mean", "max", "attention")
-SALIENCY_METHODS = ("slots", "evidence")
 READOUTS = ("attention", "slots")
 MIL_POOLINGS = ("linear_softmax", "autopool", "attention")
 FUSIONS = ("mean", "adaptive", "adaptive_concat")

@@ -187,8 +187,9 @@ _C.DECODER = CfgNode()
 _C.DECODER.NUM_FREQ_BANDS = 6
 # Highest Fourier frequency is MAX_FREQ / 2.
 _C.DECODER.MAX_FREQ = 10.0
-# Width of the encoder tokens; must equal the encoder's output width.
-_C.DECODER.INPUT_CHANNELS = 768
+# Width of the encoder tokens; 0: the encoder's width (num_features), else it must equal it (checked when the model is
+# built).
+_C.DECODER.INPUT_CHANNELS = 0
 # Latent array: NUM_LATENTS x LATENT_DIM.
 _C.DECODER.NUM_LATENTS = 256
 # Width of each latent.
@@ -225,8 +226,11 @@ _C.DECODER.DEPTH = 4
 # defaults of those keys are MViTv2-S, which only ENCODER.VARIANT custom uses as they are.
 # ---------------------------------------------------------------------------------------------------------------------
 _C.ENCODER = CfgNode()
-# mvitv2_t | mvitv2_s | mvitv2_b: the size's keys of ENCODER_VARIANTS, under any the config file or command line sets;
-# custom: only the keys as set.
+# The encoder family, a name of playitback/registry.py: mvit (MViTv2) | ast (the Audio Spectrogram Transformer, layout
+# of transformers' ASTModel: EMBED_DIM, DEPTH, NUM_HEADS, MLP_RATIO, QKV_BIAS, PATCH_*, DROPPATH_RATE apply).
+_C.ENCODER.NAME = "mvit"
+# mvitv2_t | mvitv2_s | mvitv2_b | ast_base: the size's keys of ENCODER_VARIANTS (NAME included), under any the config
+# file or command line sets; custom: only the keys as set.
 _C.ENCODER.VARIANT = "mvitv2_s"
 # Pooling of Q/K/V: conv | avg | max.
 _C.ENCODER.MODE = "conv"
@@ -286,18 +290,21 @@ def _mvitv2(depth: int, stage_starts: tuple[int, ...], drop_path_rate: float) ->
     the first block of stages 2, 3 and 4. Every block is listed in POOL_Q_STRIDE (stride 1 outside the stage starts),
     so each block pools its queries and the state-dict keys are those of the original checkpoints."""
     return {
-        "DEPTH": depth, "DROPPATH_RATE": drop_path_rate, "EMBED_DIM": 96, "NUM_HEADS": 1,
+        "NAME": "mvit", "DEPTH": depth, "DROPPATH_RATE": drop_path_rate, "EMBED_DIM": 96, "NUM_HEADS": 1,
         "DIM_MUL": [[i, 2.0] for i in stage_starts], "HEAD_MUL": [[i, 2.0] for i in stage_starts],
         "POOL_Q_STRIDE": [[i, 2, 2] if i in stage_starts else [i, 1, 1] for i in range(depth)],
         "POOL_KV_STRIDE_ADAPTIVE": [4, 4], "POOL_KVQ_KERNEL": (3, 3),
     }
 
 
-#: The MViTv2 sizes of the paper (stages of 1-2-5-2, 1-2-11-2 and 2-3-16-3 blocks), selected by ENCODER.VARIANT.
+#: The sizes ENCODER.VARIANT selects: the MViTv2 of the paper (stages of 1-2-5-2, 1-2-11-2 and 2-3-16-3 blocks) and
+#: AST-Base as on the Hugging Face hub (ASTConfig's defaults: 16x16 patches at stride 10, 12 layers of width 768).
 ENCODER_VARIANTS: dict[str, dict[str, Any]] = {
     "mvitv2_t": _mvitv2(10, (1, 3, 8), 0.1),
     "mvitv2_s": _mvitv2(16, (1, 3, 14), 0.1),
     "mvitv2_b": _mvitv2(24, (2, 5, 21), 0.3),
+    "ast_base": {"NAME": "ast", "EMBED_DIM": 768, "DEPTH": 12, "NUM_HEADS": 12, "MLP_RATIO": 4.0, "QKV_BIAS": True,
+                 "PATCH_KERNEL": [16, 16], "PATCH_STRIDE": [10, 10], "PATCH_PADDING": [0, 0], "DROPPATH_RATE": 0.0},
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,6 +351,10 @@ _C.AUDIO_DATA.WINDOW_LENGTH = 10
 _C.AUDIO_DATA.WINDOW_SCALING = "fixed"
 # FFT size (sets the bin spacing).
 _C.AUDIO_DATA.N_FFT = 2048
+# How a frame becomes a log-mel: librosa (centred Hann frames, magnitude, HTK mel, log(mel + 1e-6): the original) |
+# kaldi (Kaldi's fbank as the Audio Spectrogram Transformer's ASTFeatureExtractor computes it: frames from t * hop,
+# mean removed, pre-emphasis, power, Kaldi mel bands from 20 Hz; with WINDOW_LENGTH 25, N_FFT 512 and a 10 ms hop).
+_C.AUDIO_DATA.FEATURE_STYLE = "librosa"
 # Mel bands (HTK, no normalisation).
 _C.AUDIO_DATA.NUM_FREQUENCIES = 128
 # Frames of playback 0 (T0); playback i has T0 * (i + 1) frames over the same crop.

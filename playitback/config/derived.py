@@ -59,14 +59,6 @@ def base_lr(cfg: CfgNode) -> float:
     return float(cfg.SOLVER.BASE_LR) * (math.sqrt(ratio) if cfg.SOLVER.BASE_LR_SCALE_RULE == "sqrt" else ratio)
 
 
-def encoder_width(cfg: CfgNode) -> int:
-    """Width of the encoder's output tokens: EMBED_DIM times every DIM_MUL multiplier."""
-    width = float(cfg.ENCODER.EMBED_DIM)
-    for _, mul in cfg.ENCODER.DIM_MUL:
-        width *= mul
-    return int(round(width))
-
-
 def playback_hop(cfg: CfgNode, playback: int) -> int:
     """Hop in samples of playback i: round(clip samples / (FRAMES0 * (i + 1)))."""
     return int(round(clip_samples(cfg) / (cfg.AUDIO_DATA.FRAMES0 * (playback + 1))))

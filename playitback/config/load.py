@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode
 
+from playitback import registry
 from playitback.config import choices, derived
 from playitback.config.defaults import ENCODER_VARIANTS, REMOVED_KEYS, get_cfg
 from playitback.utils.errors import UserError
@@ -231,7 +232,7 @@ def validation_warnings(cfg: CfgNode) -> list[str]:
 
 
 # Every key that names one of a fixed set of values, and the set (owned by playitback.config.choices).
-CHOICE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+CHOICE_KEYS: tuple[tuple[str, Iterable[str]], ...] = (
     ("MODEL.LOSS_FUNC", choices.LOSS_FUNCS),
     ("DECODER.FUSION", choices.FUSIONS),
     ("DECODER.FUSION_LOC", choices.FUSION_LOCATIONS),
@@ -246,6 +247,7 @@ CHOICE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AUDIO_DATA.NORM_PER_CLIP", choices.CLIP_NORMS),
     ("AUDIO_DATA.PAD_MODE", choices.PAD_MODES),
     ("AUDIO_DATA.WINDOW_SCALING", choices.WINDOW_SCALINGS),
+    ("AUDIO_DATA.FEATURE_STYLE", choices.FEATURE_STYLES),
     ("DATA_LOADER.ON_BAD_FILE", choices.ON_BAD_FILE_POLICIES),
     ("TRAIN.AMP_DTYPE", choices.AMP_DTYPES),
     ("TRAIN.ON_NONFINITE_LOSS", choices.NONFINITE_POLICIES),
@@ -253,7 +255,8 @@ CHOICE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SOLVER.BASE_LR_SCALE_RULE", choices.LR_SCALE_RULES),
     ("WANDB.MODE", choices.WANDB_MODES),
     ("SALIENCY.READOUT", choices.READOUTS),
-    ("SALIENCY.METHOD", choices.SALIENCY_METHODS),
+    ("SALIENCY.METHOD", registry.SALIENCIES),
+    ("ENCODER.NAME", registry.ENCODERS),
     ("SALIENCY.MIL_POOLING", choices.MIL_POOLINGS),
     ("MODEL.COMPILE_BACKEND", choices.COMPILE_BACKENDS),
     ("MODEL.COMPILE_MODE", choices.COMPILE_MODES),
@@ -309,11 +312,18 @@ def validation_errors(cfg: CfgNode) -> list[str]:
             f"DECODER.DEPTH ({cfg.DECODER.DEPTH}) must equal MODEL.PLAYBACK + 1 ({cfg.MODEL.PLAYBACK + 1}): "
             "the decoder has one layer per playback"
         )
-    if not derived.is_encoder_only(cfg) and cfg.DECODER.INPUT_CHANNELS != derived.encoder_width(cfg):
-        errors.append(
-            f"DECODER.INPUT_CHANNELS ({cfg.DECODER.INPUT_CHANNELS}) must equal the encoder's output width "
-            f"({derived.encoder_width(cfg)} = ENCODER.EMBED_DIM times the ENCODER.DIM_MUL multipliers)"
-        )
+    variant_name = ENCODER_VARIANTS.get(cfg.ENCODER.VARIANT, {}).get("NAME", cfg.ENCODER.NAME)
+    if variant_name != cfg.ENCODER.NAME:
+        errors.append(f"ENCODER.VARIANT {cfg.ENCODER.VARIANT} is a size of the {variant_name} encoder, but "
+                      f"ENCODER.NAME is {cfg.ENCODER.NAME}; choose a variant of {cfg.ENCODER.NAME} "
+                      f"({', '.join(v for v, keys in ENCODER_VARIANTS.items() if keys['NAME'] == cfg.ENCODER.NAME)})"
+                      " or ENCODER.VARIANT custom")
+    if cfg.ENCODER.NAME != "mvit" and (cfg.ENCODER.HEAD_POOL != "mean" or cfg.ENCODER.STEM_CHANNELS):
+        errors.append(f"ENCODER.HEAD_POOL and ENCODER.STEM_CHANNELS are keys of the mvit encoder; the "
+                      f"{cfg.ENCODER.NAME} encoder pools its own way: leave them at mean and []")
+    if cfg.DECODER.INPUT_CHANNELS < 0:
+        errors.append(f"DECODER.INPUT_CHANNELS is {cfg.DECODER.INPUT_CHANNELS}; give the encoder's width or 0 (take it "
+                      "from the encoder)")
     if cfg.MODEL.MULTITASK:
         if len(cfg.MODEL.MULTITASK_CLASSES) < 2:
             errors.append("MODEL.MULTITASK needs at least two entries in MODEL.MULTITASK_CLASSES")

@@ -78,6 +78,7 @@ def build_pyramid(cfg: CfgNode) -> PlaybackPyramid:
         n_mels=cfg.AUDIO_DATA.NUM_FREQUENCIES,
         pad_mode=cfg.AUDIO_DATA.PAD_MODE,
         window_scaling=cfg.AUDIO_DATA.WINDOW_SCALING,
+        style=cfg.AUDIO_DATA.FEATURE_STYLE,
     )
 
 

@@ -36,9 +36,15 @@ import librosa
 import torch
 from torch import Tensor, nn
 
-from playitback.config.choices import PAD_MODES, WINDOW_SCALINGS
+from playitback.config.choices import FEATURE_STYLES, PAD_MODES, WINDOW_SCALINGS
 
 LOG_OFFSET = 1e-6
+# Kaldi's fbank (the AST front-end): the floor of the mel power before the log (float32 epsilon) and the
+# pre-emphasis coefficient.
+KALDI_MEL_FLOOR = 1.1920928955078125e-07
+KALDI_PREEMPHASIS = 0.97
+# Kaldi's lowest mel band edge, Hz (its --low-freq default).
+KALDI_LOW_FREQ = 20.0
 # Mel bands per dense block of the banded mel product: fewer bands per block waste fewer zeros, more blocks cost more
 # small matmuls; 16 was the fastest of 8/16/32 (and 5x faster than the dense product) for 128 bands at n_fft 2048.
 _BANDS_PER_BLOCK = 16
@@ -83,6 +89,30 @@ def playback_hops(num_samples: int, num_playbacks: int, frames0: int = 400) -> l
             "use longer crops, fewer playbacks or a smaller frames0"
         )
     return hops
+
+
+def kaldi_mel_filters(sample_rate: int, n_fft: int, n_mels: int, low_freq: float = KALDI_LOW_FREQ) -> Tensor:
+    """Kaldi's mel filter bank (``MelBanks``, as ``torchaudio.compliance.kaldi.fbank`` builds it): triangles in the
+    mel domain (``mel = 1127 ln(1 + f / 700)``) with edges equally spaced from ``low_freq`` to the Nyquist frequency,
+    unnormalised, over the ``n_fft // 2 + 1`` bins (the Nyquist bin gets no weight).
+
+    Returns:
+        float64 [n_mels, n_fft // 2 + 1].
+    """
+    def mel(freq: Tensor) -> Tensor:
+        return 1127.0 * torch.log1p(freq / 700.0)
+
+    low, high = mel(torch.tensor(float(low_freq), dtype=torch.float64)), mel(
+        torch.tensor(sample_rate / 2, dtype=torch.float64))
+    delta = (high - low) / (n_mels + 1)
+    edges = low + delta * torch.arange(n_mels + 2, dtype=torch.float64)  # [n_mels + 2]
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bins = mel(torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft)[None]  # [1, bins]
+    rising, falling = (bins - left) / (centre - left), (right - bins) / (right - centre)
+    weights = torch.where(bins <= centre, rising, falling)
+    weights = torch.where((bins > left) & (bins < right), weights, torch.zeros_like(weights))
+    weights[:, -1] = 0.0
+    return weights
 
 
 @dataclass(frozen=True)
@@ -135,11 +165,22 @@ class PlaybackPyramid(nn.Module):
         window_scaling: "fixed": every playback uses the window of playback 0 (the original); "hop": playback i
             uses window_ms / (i + 1), so that the window spans as many hops at every playback and a finer hop also
             resolves finer time structure (with a fixed window, a finer hop oversamples the same smoothed envelope).
+        style: "librosa": the recipe above (centred frames, periodic Hann, magnitude, HTK mel,
+            ``log(mel + 1e-6)``); "kaldi": Kaldi's fbank as the Audio Spectrogram Transformer's front-end computes it
+            (``ASTFeatureExtractor``, ``torchaudio.compliance.kaldi.fbank`` with a Hann window): frame t starts at
+            sample ``t * hop`` (not centred; a shorter window of a finer playback is centred where playback 0's
+            window is), the frame's mean removed, pre-emphasis 0.97 inside the frame, symmetric Hann, power
+            spectrum, Kaldi mel bands from 20 Hz (:func:`kaldi_mel_filters`), ``log(max(mel, 1.19e-7))``. For AST's
+            exact features use a 25 ms window, n_fft 512 (Kaldi's next power of two) and a 10 ms hop.
     """
 
     def __init__(self, sample_rate: int, num_playbacks: int, frames0: int = 400, window_ms: float = 20.0,
-                 n_fft: int = 2048, n_mels: int = 128, pad_mode: str = "edge", window_scaling: str = "fixed") -> None:
+                 n_fft: int = 2048, n_mels: int = 128, pad_mode: str = "edge", window_scaling: str = "fixed",
+                 style: str = "librosa") -> None:
         super().__init__()
+        if style not in FEATURE_STYLES:
+            raise ValueError(f"style must be one of {FEATURE_STYLES}, got {style!r}")
+        self.style = style
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if window_scaling not in WINDOW_SCALINGS:
@@ -157,14 +198,20 @@ class PlaybackPyramid(nn.Module):
                 f"window_ms={window_ms} gives windows of {self.win_lengths} samples at {sample_rate} Hz; "
                 f"each must be between 1 and n_fft={n_fft} samples"
             )
-        # librosa centres the window inside the n_fft frame, so the window starts n_fft // 2 - (n_fft - W) // 2
-        # samples before the frame centre.
-        self.window_offsets = [n_fft // 2 - (n_fft - length) // 2 for length in self.win_lengths]
-        mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
-                                                   fmax=sample_rate / 2, htk=True, norm=None)).double()
+        if style == "kaldi":
+            # Frame t of playback 0 starts at t * hop; a shorter window shares playback 0's window centre.
+            self.window_offsets = [-((self.win_lengths[0] - length) // 2) for length in self.win_lengths]
+            mel = kaldi_mel_filters(sample_rate, n_fft, n_mels)
+        else:
+            # librosa centres the window inside the n_fft frame, so the window starts n_fft // 2 - (n_fft - W) // 2
+            # samples before the frame centre.
+            self.window_offsets = [n_fft // 2 - (n_fft - length) // 2 for length in self.win_lengths]
+            mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
+                                                       fmax=sample_rate / 2, htk=True, norm=None)).double()
         self.mel_blocks = _mel_blocks(mel)
         self._master = _Constants(
-            windows=[torch.hann_window(length, periodic=True, dtype=torch.float64) for length in self.win_lengths],
+            windows=[torch.hann_window(length, periodic=style == "librosa", dtype=torch.float64)
+                     for length in self.win_lengths],
             mel_weights=[mel[b.band_start:b.band_stop, b.bin_start:b.bin_stop].T.contiguous()
                          for b in self.mel_blocks],
         )
@@ -229,10 +276,14 @@ class PlaybackPyramid(nn.Module):
         batch, num_samples = waveform.shape
         length, offset = self.win_lengths[playback], self.window_offsets[playback]
         # Zero-pad so that the window of frame t covers samples [t * hop - offset, t * hop - offset + W) of the crop
-        # and the last of the num_frames frames fits.
+        # and the last of the num_frames frames fits (a negative offset starts the frames inside the crop).
         right = max(0, (num_frames - 1) * hop + length - offset - num_samples)
-        padded = nn.functional.pad(waveform, (offset, right))
+        padded = nn.functional.pad(waveform, (max(offset, 0), right))[:, max(-offset, 0):]
         windows = padded.unfold(-1, length, hop)[:, :num_frames]  # [B, T, W] view
+        if self.style == "kaldi":
+            windows = windows - windows.mean(dim=-1, keepdim=True)
+            windows = torch.cat((windows[..., :1] * (1 - KALDI_PREEMPHASIS),
+                                 windows[..., 1:] - KALDI_PREEMPHASIS * windows[..., :-1]), dim=-1)
         framed = (windows * constants.windows[playback]).flatten(0, 1)  # [B*T, W]
         chunk = framed.shape[0]
         if framed.device.type == "cpu":
@@ -244,12 +295,15 @@ class PlaybackPyramid(nn.Module):
         """Windowed frames [N, W] -> log-mel [N, F]."""
         spectrum = torch.fft.rfft(framed, n=self.n_fft)  # [N, n_fft // 2 + 1] complex
         power = torch.view_as_real(spectrum).square_()[:, self.bin_start:self.bin_stop]  # [N, bins, 2]
-        magnitude = (power[..., 0] + power[..., 1]).sqrt_()  # [N, bins]
+        power = power[..., 0] + power[..., 1]  # [N, bins]
+        spectrum = power if self.style == "kaldi" else power.sqrt_()
         mel = torch.cat(
-            [magnitude[:, block.bin_start - self.bin_start:block.bin_stop - self.bin_start] @ weights
+            [spectrum[:, block.bin_start - self.bin_start:block.bin_stop - self.bin_start] @ weights
              for block, weights in zip(self.mel_blocks, constants.mel_weights)],
             dim=1,
         )
+        if self.style == "kaldi":
+            return mel.clamp_min_(KALDI_MEL_FLOOR).log_()
         return mel.add_(LOG_OFFSET).log_()
 
 
@@ -299,14 +353,15 @@ def _frame_sources(hops: tuple[int, ...], frames: tuple[int, ...],
 
 @functools.cache
 def _cached_pyramid(sample_rate: int, num_playbacks: int, frames0: int, window_ms: float, n_fft: int,
-                    n_mels: int, pad_mode: str, window_scaling: str) -> PlaybackPyramid:
-    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode, window_scaling)
+                    n_mels: int, pad_mode: str, window_scaling: str, style: str) -> PlaybackPyramid:
+    return PlaybackPyramid(sample_rate, num_playbacks, frames0, window_ms, n_fft, n_mels, pad_mode, window_scaling,
+                           style)
 
 
 def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, frames0: int = 400,
                      window_ms: float = 20.0, n_fft: int = 2048, n_mels: int = 128, *,
                      valid_samples: Tensor | int | None = None, pad_mode: str = "edge",
-                     window_scaling: str = "fixed") -> list[Tensor]:
+                     window_scaling: str = "fixed", style: str = "librosa") -> list[Tensor]:
     """Playback pyramid of one crop or a batch of crops (public API, DESIGN.md section 6).
 
     Uses one cached :class:`PlaybackPyramid` per configuration, so repeated calls build the mel matrix once.
@@ -323,10 +378,11 @@ def playback_pyramid(waveform: Tensor, sample_rate: int, num_playbacks: int, fra
         pad_mode: how the frames after a short crop's audio are filled ("edge" or "zeros", see PlaybackPyramid).
         window_scaling: "fixed" (one window) or "hop" (playback i's window is window_ms / (i + 1); see
             PlaybackPyramid).
+        style: "librosa" or "kaldi" (the AST front-end; see PlaybackPyramid).
 
     Returns:
         num_playbacks tensors [T0 * (i + 1), F] or [B, T0 * (i + 1), F] on the waveform's device.
     """
     pyramid = _cached_pyramid(sample_rate, num_playbacks, frames0, float(window_ms), n_fft, n_mels, pad_mode,
-                              window_scaling)
+                              window_scaling, style)
     return pyramid(waveform, valid_samples)

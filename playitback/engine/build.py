@@ -24,6 +24,7 @@ from playitback.engine.loop import LoopSettings
 from playitback.engine.optim import LRSchedule, build_optimizer, layer_decay_scales, param_groups
 from playitback.engine.task import ClassificationTask, SpecAugmentSettings
 from playitback.losses import PlayItBackLoss
+from playitback.models.build import saliency_class
 from playitback.utils import distributed as du
 from playitback.utils.logging import MetricWriter
 
@@ -64,10 +65,13 @@ def amp_dtype(cfg: CfgNode, device: torch.device, train: bool = True) -> torch.d
 
 
 def build_loss(cfg: CfgNode, label_space: LabelSpace) -> PlayItBackLoss:
-    """The loss of MODEL.* and SALIENCY.* weights over the label space."""
+    """The loss of MODEL.* and SALIENCY.* weights over the label space, with the objective the SALIENCY.METHOD class
+    declares."""
+    saliency = saliency_class(cfg)
     return PlayItBackLoss(label_space, aux_weight=cfg.MODEL.AUX_LOSS_WEIGHT, rank_weight=cfg.MODEL.RANK_LOSS_WEIGHT,
                           rank_margin=cfg.MODEL.RANK_MARGIN, area_weight=cfg.SALIENCY.AREA_WEIGHT,
-                          contiguity_weight=cfg.SALIENCY.CONTIGUITY_WEIGHT, budget=cfg.SALIENCY.BUDGET)
+                          contiguity_weight=cfg.SALIENCY.CONTIGUITY_WEIGHT, budget=cfg.SALIENCY.BUDGET,
+                          saliency_objective=saliency.objective, saliency_fields=saliency.objective_fields)
 
 
 def build_task(cfg: CfgNode, model: nn.Module, device: torch.device, train: bool,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from playitback.models.weights import LoadReport, remap_state_dict
+from playitback.models.weights import POSITION_SUFFIX, LoadReport, remap_state_dict
 from playitback.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,20 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     _fsync_directory(path.parent)
 
 
+def _load_safetensors(path: Path) -> dict:
+    """A ``.safetensors`` state dict (the Hugging Face hub's ``model.safetensors``), which holds only tensors."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise CheckpointError(f"checkpoint {path} is a safetensors file: pip install safetensors to read it") from err
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be loaded: {err}") from err
+
+
 def load_checkpoint_file(path: str | Path, key: str = "") -> dict:
-    """Loads a checkpoint on the CPU with ``weights_only=True``.
+    """Loads a checkpoint on the CPU with ``weights_only=True`` (a ``.safetensors`` file with safetensors).
 
     Args:
         path: Checkpoint file.
@@ -151,6 +163,8 @@ def load_checkpoint_file(path: str | Path, key: str = "") -> dict:
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist{f' ({key})' if key else ''}; give the path "
                                       "of a checkpoint file, e.g. <OUTPUT_DIR>/checkpoints/checkpoint_best.pyth")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -280,7 +294,9 @@ def load_weights(model: nn.Module, path: str | Path, clear_name_patterns: Iterab
     """
     checkpoint = load_checkpoint_file(path, key)
     source = checkpoint.get("model_state", checkpoint.get("model", checkpoint))
-    mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns)
+    grids = {f"{prefix}.{POSITION_SUFFIX}".lstrip("."): module.position_grid for prefix, module in model.named_modules()
+             if isinstance(getattr(module, "position_grid", None), tuple)}
+    mapped, report = remap_state_dict(source, model.state_dict(), clear_name_patterns, grids)
     if not report.loaded:
         raise CheckpointError(
             f"no weight of {path} matches this model (different architecture or class count?): {report.summary()}"

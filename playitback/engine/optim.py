@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from playitback.config.choices import LR_POLICIES, OPTIMIZERS
-from playitback.models.mvit import MViT
+from playitback.models.encoder import Encoder
 
 
 def _no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -71,20 +71,11 @@ def param_groups(
     return groups
 
 
-def _mvit_layer(name: str, depth: int) -> int:
-    """Layer of an MViT parameter for layer-wise decay: 0 the embeddings, i + 1 block i, depth + 1 the norm and head."""
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
 def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
-    """LR multipliers of layer-wise decay for every MViT encoder inside ``model`` (MAE and MViTv2 fine-tuning).
+    """LR multipliers of layer-wise decay for every encoder inside ``model`` (MAE, MViTv2 and AST fine-tuning).
 
-    With D blocks, layer 0 is the patch embedding (and cls/position embeddings), layer i + 1 block i and layer D + 1
-    the final norm and head; layer l gets ``decay ** (D + 1 - l)``, so the head keeps the full LR and each block below
+    With an encoder of D layers (``Encoder.num_layers``), layer 0 is its embeddings, layer i + 1 block i and layer
+    D + 1 the final norm and head, as its ``layer_id`` says; layer l gets ``decay ** (D + 1 - l)``, so the head keeps the full LR and each block below
     it a factor ``decay`` less. Parameters outside an encoder (saliency, decoder) are not listed: they keep 1.
 
     Args:
@@ -96,10 +87,10 @@ def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
     """
     scales: dict[str, float] = {}
     for prefix, module in model.named_modules():
-        if isinstance(module, MViT):
-            depth = len(module.blocks)
+        if isinstance(module, Encoder):
+            depth = module.num_layers
             for name, _ in module.named_parameters():
-                scales[f"{prefix}.{name}" if prefix else name] = decay ** (depth + 1 - _mvit_layer(name, depth))
+                scales[f"{prefix}.{name}" if prefix else name] = decay ** (depth + 1 - module.layer_id(name))
     return scales
 
 

@@ -5,12 +5,12 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
-from playitback.config import derived
-from playitback.models.evidence import FrameEvidence
-from playitback.models.mvit import MViT
+from playitback.config import ConfigError, derived
+from playitback.models.encoder import Encoder
 from playitback.models.playitback import EncoderClassifier, PlayItBack
-from playitback.models.saliency import TemporalSaliency
+from playitback.models.saliency_interface import Saliency
 from playitback.models.tempr import TemPr
+from playitback.registry import ENCODERS, SALIENCIES, resolve
 
 
 def example_playbacks(cfg: CfgNode, batch: int = 1, device: torch.device | str | None = None,
@@ -22,40 +22,10 @@ def example_playbacks(cfg: CfgNode, batch: int = 1, device: torch.device | str |
             for i in range(derived.num_playbacks(cfg))]
 
 
-def build_encoder(cfg: CfgNode) -> MViT:
-    """The MViTv2 encoder of ENCODER.* with one head per task."""
-    enc = cfg.ENCODER
-    return MViT(
-        num_classes=derived.class_counts(cfg),
-        embed_dim=enc.EMBED_DIM,
-        num_heads=enc.NUM_HEADS,
-        depth=enc.DEPTH,
-        mlp_ratio=enc.MLP_RATIO,
-        qkv_bias=enc.QKV_BIAS,
-        drop_path_rate=enc.DROPPATH_RATE,
-        dropout_rate=cfg.MODEL.DROPOUT_RATE,
-        input_size=(cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES),
-        patch_kernel=enc.PATCH_KERNEL,
-        patch_stride=enc.PATCH_STRIDE,
-        patch_padding=enc.PATCH_PADDING,
-        dim_mul=enc.DIM_MUL,
-        head_mul=enc.HEAD_MUL,
-        pool_q_stride=enc.POOL_Q_STRIDE,
-        pool_kv_stride=enc.POOL_KV_STRIDE,
-        pool_kv_stride_adaptive=enc.POOL_KV_STRIDE_ADAPTIVE,
-        pool_kvq_kernel=enc.POOL_KVQ_KERNEL,
-        mode=enc.MODE,
-        pool_first=enc.POOL_FIRST,
-        residual_pooling=enc.RESIDUAL_POOLING,
-        dim_mul_in_att=enc.DIM_MUL_IN_ATT,
-        use_abs_pos=enc.USE_ABS_POS,
-        cls_embed_on=enc.CLS_EMBED_ON,
-        input_mean=cfg.AUDIO_DATA.NORM_MEAN,
-        input_std=cfg.AUDIO_DATA.NORM_STD,
-        head_pool=enc.HEAD_POOL,
-        stem_channels=enc.STEM_CHANNELS,
-        clip_norm=cfg.AUDIO_DATA.NORM_PER_CLIP,
-    )
+def build_encoder(cfg: CfgNode) -> Encoder:
+    """The encoder registered as ENCODER.NAME (:mod:`playitback.registry`), built from its config keys, with one head
+    per task."""
+    return resolve(ENCODERS, cfg.ENCODER.NAME, "ENCODER.NAME").from_config(cfg)
 
 
 def build_decoder(cfg: CfgNode, input_dim: int) -> TemPr:
@@ -84,15 +54,22 @@ def build_decoder(cfg: CfgNode, input_dim: int) -> TemPr:
     )
 
 
-def build_saliency(cfg: CfgNode, token_dim: int) -> TemporalSaliency | FrameEvidence:
-    """One playback's saliency of SALIENCY.*: the slot attention over the encoder tokens, or the frame-evidence head."""
-    sal = cfg.SALIENCY
-    if sal.METHOD == "evidence":
-        return FrameEvidence(cfg.AUDIO_DATA.NUM_FREQUENCIES, derived.class_counts(cfg), width=sal.EVIDENCE_DIM,
-                             pooling=sal.MIL_POOLING, receptive_frames=sal.EVIDENCE_FRAMES)
-    return TemporalSaliency(token_dim=token_dim, frames0=cfg.AUDIO_DATA.FRAMES0,
-                            resolution=derived.saliency_resolution(cfg), num_slots=sal.NUM_SLOTS, iters=sal.ITERS,
-                            readout=sal.READOUT)
+def build_saliency(cfg: CfgNode, token_dim: int) -> Saliency:
+    """One playback's saliency: the class registered as SALIENCY.METHOD (:mod:`playitback.registry`), built from
+    SALIENCY.* for encoder tokens of width ``token_dim``."""
+    return saliency_class(cfg).from_config(cfg, token_dim)
+
+
+def saliency_class(cfg: CfgNode) -> type[Saliency]:
+    """The saliency class of SALIENCY.METHOD (its objective and declared output fields, without building it)."""
+    return resolve(SALIENCIES, cfg.SALIENCY.METHOD, "SALIENCY.METHOD")
+
+
+def _check_decoder_width(cfg: CfgNode, encoder: Encoder) -> None:
+    if cfg.DECODER.INPUT_CHANNELS and cfg.DECODER.INPUT_CHANNELS != encoder.num_features:
+        raise ConfigError(f"DECODER.INPUT_CHANNELS ({cfg.DECODER.INPUT_CHANNELS}) must equal the width of the "
+                          f"{cfg.ENCODER.NAME} encoder's tokens ({encoder.num_features}); set it to "
+                          f"{encoder.num_features}, or 0 to take the encoder's width")
 
 
 def build_model(cfg: CfgNode) -> nn.Module:
@@ -103,6 +80,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
     encoder = build_encoder(cfg)
     if derived.is_encoder_only(cfg):
         return EncoderClassifier(encoder, freeze_backbone=cfg.MODEL.FREEZE_ENCODER)
+    _check_decoder_width(cfg, encoder)
     saliency = [build_saliency(cfg, encoder.num_features) for _ in range(derived.num_playbacks(cfg))]
     return PlayItBack(encoder, saliency, build_decoder(cfg, encoder.num_features),
                       freeze_encoder=cfg.MODEL.FREEZE_ENCODER,

@@ -20,10 +20,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
+from playitback.config import derived
 from playitback.config.choices import MIL_POOLINGS
 from playitback.models.saliency import normalise_per_sample
+from playitback.models.saliency_interface import PlaybackView, Saliency
 
 __all__ = ["MIL_POOLINGS", "FrameEvidence", "mil_pool"]
 
@@ -55,7 +58,7 @@ def mil_pool(frame_probs: Tensor, pooling: str, alpha: Tensor | None = None,
     raise ValueError(f"MIL pooling must be one of {MIL_POOLINGS}, got {pooling!r}")
 
 
-class FrameEvidence(nn.Module):
+class FrameEvidence(Saliency):
     """Per-frame class evidence of a spectrogram and the saliency curve it implies.
 
     Args:
@@ -105,6 +108,24 @@ class FrameEvidence(nn.Module):
                                                 for k in num_classes]))
         self.alpha = nn.Parameter(torch.ones(total)) if pooling == "autopool" else None
         self.attend = nn.Linear(width, 1) if pooling == "attention" else None
+
+    # Multiple-instance learning (playitback.losses.evidence_loss) on the clip probabilities; the encoder's head is
+    # not read.
+    objective = "mil"
+    objective_fields = ("evidence_probs",)
+    reads_encoder_head = False
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, token_dim: int) -> FrameEvidence:
+        """The head of SALIENCY.EVIDENCE_* (it reads the spectrogram, so ``token_dim`` is not used)."""
+        sal = cfg.SALIENCY
+        return cls(cfg.AUDIO_DATA.NUM_FREQUENCIES, derived.class_counts(cfg), width=sal.EVIDENCE_DIM,
+                   pooling=sal.MIL_POOLING, receptive_frames=sal.EVIDENCE_FRAMES)
+
+    def score(self, view: PlaybackView) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The evidence curve of the composite and its MIL clip probabilities [B, K]."""
+        saliency, clip_probs = self(view.composite)
+        return saliency, (clip_probs,)
 
     def forward(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         """Score every frame.

@@ -17,41 +17,17 @@ Shape legend used in the docstrings:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
-from playitback.config.choices import CLIP_NORMS, HEAD_POOLS, POOL_MODES
+from playitback.config import derived
+from playitback.config.choices import HEAD_POOLS, POOL_MODES
+from playitback.models.encoder import Encoder, Grid, InputNorm, TokenRows, init_weights
 
 _LAYER_NORM_EPS = 1e-6
-
-Grid = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class TokenRows:
-    """Where the encoder's token rows sit on the input's time axis: row t is centred on input frame
-    ``offset + stride * t`` (the patch convolution and every query pooling, composed; a row covers ``stride`` frames).
-
-    Attributes:
-        stride: input frames between consecutive token rows.
-        offset: input frame on which row 0 is centred.
-    """
-
-    stride: float
-    offset: float
-
-    def centres(self, rows: int, device: torch.device | str | None = None) -> Tensor:
-        """Centres of ``rows`` token rows in input frames, float32 [rows]."""
-        return self.offset + self.stride * torch.arange(rows, device=device, dtype=torch.float32)
-
-
-def _conv_rows(rows: TokenRows, kernel: int, stride: int, padding: int) -> TokenRows:
-    """The rows after a convolution or pooling along time: output row q reads input rows
-    ``q * stride - padding ... + kernel - 1``, so it is centred on input row ``q * stride - padding + (kernel - 1) / 2``."""
-    return TokenRows(rows.stride * stride, rows.offset + rows.stride * (-padding + (kernel - 1) / 2))
 
 
 def round_width(width: float, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
@@ -469,7 +445,7 @@ class ClassifierHead(nn.Module):
         return self.projection(self.dropout(x))
 
 
-class MViT(nn.Module):
+class MViT(Encoder):
     """MViTv2 encoder and classification head(s) for spectrograms ``[B, 1, T, F]``.
 
     The token grid is read from the tensor shapes at every stage, so any T works (unless ``use_abs_pos``), and the
@@ -565,8 +541,6 @@ class MViT(nn.Module):
             raise ValueError(f"num_classes must list at least one positive class count per task, got {num_classes}")
         if mode not in POOL_MODES:
             raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
-        if clip_norm not in CLIP_NORMS:
-            raise ValueError(f"clip_norm must be one of {CLIP_NORMS}, got {clip_norm!r}")
         if head_pool not in HEAD_POOLS:
             raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
         if use_abs_pos and input_size is None:
@@ -590,11 +564,7 @@ class MViT(nn.Module):
         stride_q, kernel_q = _pool_table(depth, pool_q_stride, pool_kvq_kernel)
         stride_kv, kernel_kv = _pool_table(depth, pool_kv_stride, pool_kvq_kernel)
 
-        if not input_std > 0:
-            raise ValueError(f"input_std must be positive, got {input_std}")
-        self.register_buffer("input_mean", torch.tensor(float(input_mean)), persistent=False)
-        self.register_buffer("input_std", torch.tensor(float(input_std)), persistent=False)
-        self.clip_norm = clip_norm
+        self.input_norm = InputNorm(input_mean, input_std, clip_norm)
         self.cls_embed_on = cls_embed_on
         self.use_abs_pos = use_abs_pos
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding,
@@ -636,13 +606,13 @@ class MViT(nn.Module):
             )
             embed_dim = dim_out
 
-        rows = _conv_rows(TokenRows(1.0, 0.0), patch_kernel[0], patch_stride[0], patch_padding[0])
+        rows = TokenRows(1.0, 0.0).after_conv(patch_kernel[0], patch_stride[0], patch_padding[0])
         for block in self.blocks:
             pool = block.attn.pool_q
             if pool is not None:
                 kernel, stride, padding = (value[0] if isinstance(value, tuple) else value
                                            for value in (pool.kernel_size, pool.stride, pool.padding))
-                rows = _conv_rows(rows, kernel, stride, padding)
+                rows = rows.after_conv(kernel, stride, padding)
         self.token_rows = rows
         self.num_features = embed_dim
         self.num_classes = num_classes
@@ -659,24 +629,43 @@ class MViT(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if cls_embed_on:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
-    def standardise(self, x: Tensor) -> Tensor:
-        """The input the patch embedding reads: ``(x - input_mean) / input_std``, then ``clip_norm`` per sample.
-
-        Args:
-            x: Spectrogram ``[B, C, T, F]``.
-
-        Returns:
-            Tensor of the same shape.
-        """
-        x = (x - self.input_mean) / self.input_std
-        if self.clip_norm == "none":
-            return x
-        x = x - x.mean(dim=(2, 3), keepdim=True)
-        if self.clip_norm == "mean_std":
-            x = x / x.std(dim=(2, 3), keepdim=True).clamp_min(1e-5)
-        return x
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> MViT:
+        """The MViTv2 of ENCODER.* for spectrograms of AUDIO_DATA.FRAMES0 x NUM_FREQUENCIES, one head per task."""
+        enc = cfg.ENCODER
+        return cls(
+            num_classes=derived.class_counts(cfg),
+            embed_dim=enc.EMBED_DIM,
+            num_heads=enc.NUM_HEADS,
+            depth=enc.DEPTH,
+            mlp_ratio=enc.MLP_RATIO,
+            qkv_bias=enc.QKV_BIAS,
+            drop_path_rate=enc.DROPPATH_RATE,
+            dropout_rate=cfg.MODEL.DROPOUT_RATE,
+            input_size=(cfg.AUDIO_DATA.FRAMES0, cfg.AUDIO_DATA.NUM_FREQUENCIES),
+            patch_kernel=enc.PATCH_KERNEL,
+            patch_stride=enc.PATCH_STRIDE,
+            patch_padding=enc.PATCH_PADDING,
+            dim_mul=enc.DIM_MUL,
+            head_mul=enc.HEAD_MUL,
+            pool_q_stride=enc.POOL_Q_STRIDE,
+            pool_kv_stride=enc.POOL_KV_STRIDE,
+            pool_kv_stride_adaptive=enc.POOL_KV_STRIDE_ADAPTIVE,
+            pool_kvq_kernel=enc.POOL_KVQ_KERNEL,
+            mode=enc.MODE,
+            pool_first=enc.POOL_FIRST,
+            residual_pooling=enc.RESIDUAL_POOLING,
+            dim_mul_in_att=enc.DIM_MUL_IN_ATT,
+            use_abs_pos=enc.USE_ABS_POS,
+            cls_embed_on=enc.CLS_EMBED_ON,
+            input_mean=cfg.AUDIO_DATA.NORM_MEAN,
+            input_std=cfg.AUDIO_DATA.NORM_STD,
+            head_pool=enc.HEAD_POOL,
+            stem_channels=enc.STEM_CHANNELS,
+            clip_norm=cfg.AUDIO_DATA.NORM_PER_CLIP,
+        )
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Encode a spectrogram into tokens.
@@ -697,7 +686,7 @@ class MViT(nn.Module):
                 f"MViT expects a spectrogram [B, {self.patch_embed.in_chans}, T, F], got shape "
                 f"{tuple(x.shape)}; add the channel dimension with x.unsqueeze(1)"
             )
-        x, grid = self.patch_embed(self.standardise(x))
+        x, grid = self.patch_embed(self.input_norm(x))
         if self.cls_embed_on:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if self.use_abs_pos:
@@ -731,30 +720,22 @@ class MViT(nn.Module):
             return (weights * tokens).sum(dim=1)
         return tokens.mean(dim=1)
 
-    def forward_head(self, tokens: Tensor) -> Tensor:
-        """Classify pooled tokens (:meth:`pool`).
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
 
-        Args:
-            tokens: ``[B, N, D]`` from :meth:`forward_features`.
+    def no_weight_decay(self) -> set[str]:
+        """The cls token and the position embedding (ENCODER.ZERO_DECAY_POS_CLS of the original, always on)."""
+        return {name for name, present in (("cls_token", self.cls_embed_on), ("pos_embed", self.use_abs_pos))
+                if present}
 
-        Returns:
-            Logits ``[B, K]`` with ``K = sum(num_classes)``, the tasks concatenated in order (never a softmax).
-        """
-        pooled = self.pool(tokens)
-        heads = self.head if isinstance(self.head, nn.ModuleList) else (self.head,)
-        return torch.cat([head(pooled) for head in heads], dim=-1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Classify a spectrogram.
-
-        Args:
-            x: Spectrogram ``[B, C, T, F]``.
-
-        Returns:
-            Logits ``[B, K]``, ``K = sum(num_classes)``.
-        """
-        tokens, _ = self.forward_features(x)
-        return self.forward_head(tokens)
+    def layer_id(self, name: str) -> int:
+        """0 the embeddings (patch, cls, position), i + 1 block i, depth + 1 the norm and head."""
+        if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers + 1
 
 
 def _pool_table(
@@ -769,13 +750,3 @@ def _pool_table(
         kernels[index] = tuple(kernel) if kernel is not None else tuple(s + 1 if s > 1 else s for s in stride)
     return strides, kernels
 
-
-def _init_weights(module: nn.Module) -> None:
-    """MViTv2 init: trunc-normal(0.02) Linear weights with zero bias, unit LayerNorm; convs keep PyTorch defaults."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -12,15 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from playitback.config.choices import REPLAY_RESOLUTIONS, REPLAY_SOURCES
-from playitback.models.evidence import FrameEvidence
-from playitback.models.mvit import MViT
+from playitback.models.encoder import Encoder
 from playitback.models.output import ModelOutput
 from playitback.models.replay import coarse_playback, frame_centres, mask_from_frame_times, random_span_mask, replay
-from playitback.models.saliency import TemporalSaliency, saliency_contrast, saliency_mask, selection_weights
+from playitback.models.saliency import saliency_mask
+from playitback.models.saliency_interface import PlaybackView, Saliency
 from playitback.models.tempr import TemPr
 
 
-def _tokens_on_grid(encoder: MViT, spectrogram: Tensor) -> Tensor:
+def _tokens_on_grid(encoder: Encoder, spectrogram: Tensor) -> Tensor:
     """[B, T, F] -> encoder tokens on their (time, frequency) grid [B, T'', F'', D]."""
     tokens, (grid_t, grid_f) = encoder.forward_features(spectrogram.unsqueeze(1))
     return tokens.reshape(tokens.shape[0], grid_t, grid_f, tokens.shape[-1])
@@ -32,7 +32,7 @@ class EncoderClassifier(nn.Module):
     With `freeze_backbone` only the classifier head trains (a linear probe) and the backbone runs in eval mode.
     """
 
-    def __init__(self, encoder: MViT, freeze_backbone: bool = False) -> None:
+    def __init__(self, encoder: Encoder, freeze_backbone: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.freeze_backbone = freeze_backbone
@@ -48,11 +48,9 @@ class EncoderClassifier(nn.Module):
         return self
 
     def forward(self, playbacks: Sequence[Tensor]) -> ModelOutput:
-        """playbacks[0]: [B, T0, F] -> logits [B, K] and features (the head's pooled tokens) [B, D]."""
-        tokens, _ = self.encoder.forward_features(playbacks[0].unsqueeze(1))
-        return ModelOutput(logits=self.encoder.forward_head(tokens), features=self.encoder.pool(tokens))
-
-
+        """playbacks[0]: [B, T0, F] -> logits [B, K] and features [B, D] (``Encoder.classify``)."""
+        logits, features = self.encoder.classify(playbacks[0].unsqueeze(1))
+        return ModelOutput(logits=logits, features=features)
 
 
 def nominal_hops(num_playbacks: int) -> list[int]:
@@ -75,8 +73,9 @@ class PlayItBack(nn.Module):
     still trains, because the pooled positive/negative tokens go through the encoder head with gradients.
 
     Args:
-        encoder: the MViTv2 encoder shared by every playback.
-        saliency: one saliency module per playback (at least 2).
+        encoder: the encoder shared by every playback (:class:`~playitback.models.encoder.Encoder`).
+        saliency: one saliency module per playback (at least 2), all of one class
+            (:class:`~playitback.models.saliency_interface.Saliency`).
         decoder: TemPr with one layer per playback.
         freeze_encoder: keep the encoder's weights fixed.
         hops: ticks between the frames of each playback (samples, from the pyramid's ``playback_hops``), coarsest
@@ -94,7 +93,7 @@ class PlayItBack(nn.Module):
             coarse_playback`: the same spans, stretched the same way, without the finer hop; a control).
     """
 
-    def __init__(self, encoder: MViT, saliency: Sequence[TemporalSaliency | FrameEvidence], decoder: TemPr,
+    def __init__(self, encoder: Encoder, saliency: Sequence[Saliency], decoder: TemPr,
                  freeze_encoder: bool = True, hops: Sequence[int] | None = None,
                  replay_source: str = "saliency", budget: float = 0.0, replay_resolution: str = "fine") -> None:
         super().__init__()
@@ -117,15 +116,16 @@ class PlayItBack(nn.Module):
         self.replay_source = replay_source
         self.budget = budget
         self.replay_resolution = replay_resolution
-        self.uses_evidence = isinstance(saliency[0], FrameEvidence)
-        if any(isinstance(module, FrameEvidence) != self.uses_evidence for module in saliency):
-            raise ValueError("PlayItBack: every playback's saliency must be of one kind (TemporalSaliency or "
-                             "FrameEvidence)")
+        kinds = {type(module) for module in saliency}
+        if len(kinds) > 1:
+            raise ValueError(f"PlayItBack: every playback's saliency must be of one class, got "
+                             f"{sorted(kind.__name__ for kind in kinds)}")
+        self.saliency_type: type[Saliency] = type(saliency[0])
         if freeze_encoder:
             encoder.requires_grad_(False)
-        elif self.uses_evidence:
-            # The frame-evidence objective does not use the encoder's head: keep it fixed rather than unused (DDP
-            # needs every trainable parameter to get a gradient).
+        elif not self.saliency_type.reads_encoder_head:
+            # An objective that does not read the encoder's head: keep the head fixed rather than unused (DDP needs
+            # every trainable parameter to get a gradient).
             encoder.head.requires_grad_(False)
 
     @property
@@ -160,10 +160,10 @@ class PlayItBack(nn.Module):
 
         Returns:
             Every field of :class:`ModelOutput`: the fused logits [B, K] and features [B, latent_dim], the logits of
-            each playback, the saliency objective's inputs (pos_logits/neg_logits with TemporalSaliency,
-            evidence_probs with FrameEvidence), the saliency, the replay masks, the composites and the source time
-            of every composite frame in frames of playback 0 (frame k of playback j is centred at
-            ``k * hops[j] / hops[0]``).
+            each playback, the saliency objective's inputs (the fields the saliency class declares: pos_logits and
+            neg_logits of the slots, evidence_probs of the frame evidence), the saliency, the replay masks, the
+            composites and the source time of every composite frame in frames of playback 0 (frame k of playback j
+            is centred at ``k * hops[j] / hops[0]``).
         """
         if len(playbacks) != self.num_playbacks:
             raise ValueError(f"expected {self.num_playbacks} playbacks, got {len(playbacks)}")
@@ -173,21 +173,18 @@ class PlayItBack(nn.Module):
         composite = playbacks[0]
         batch, frames0 = composite.shape[:2]
         times = frame_centres(batch, frames0, self.hops[0], composite.device)
-        rows = self.encoder.token_rows
-        tokens, saliencies, masks, pos_logits, neg_logits, evidence = [], [], [], [], [], []
+        fields = self.saliency_type.objective_fields
+        tokens, saliencies, masks = [], [], []
+        objective: list[list[Tensor]] = [[] for _ in fields]
         composites, all_times = [composite], [times]
         for i, saliency_module in enumerate(self.saliencies):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
                 grid_tokens = _tokens_on_grid(self.encoder, composite)
-            if self.uses_evidence:
-                saliency, clip_probs = saliency_module(composite)
-                evidence.append(clip_probs)
-            else:
-                saliency, _ = saliency_module(grid_tokens, rows)
-                weights = selection_weights(saliency, self.budget)
-                positive, negative = saliency_contrast(grid_tokens, weights, rows)
-                pos_logits.append(self.encoder.forward_head(positive.unsqueeze(1)))
-                neg_logits.append(self.encoder.forward_head(negative.unsqueeze(1)))
+            view = PlaybackView(composite, grid_tokens, self.encoder.token_rows, self.encoder.forward_head,
+                                self.budget)
+            saliency, inputs = saliency_module.score(view)
+            for collected, value in zip(objective, inputs, strict=True):
+                collected.append(value)
             tokens.append(grid_tokens)
             saliencies.append(saliency)
             if i + 1 < self.num_playbacks:
@@ -200,13 +197,11 @@ class PlayItBack(nn.Module):
                 composites.append(composite)
                 all_times.append(times)
         decoded = self.decoder(tokens)
-        objective = ({"evidence_probs": torch.stack(evidence)} if self.uses_evidence else
-                     {"pos_logits": torch.stack(pos_logits), "neg_logits": torch.stack(neg_logits)})
         return ModelOutput(
             logits=decoded["logits"],
             features=decoded["features"],
             playback_logits=decoded["playback_logits"],
-            **objective,
+            **{name: torch.stack(values) for name, values in zip(fields, objective)},
             saliency=torch.stack(saliencies, dim=1),
             replay_masks=torch.stack(masks, dim=1),
             composites=torch.stack(composites, dim=1),

@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
+from playitback.config import derived
 from playitback.config.choices import READOUTS
-from playitback.models.mvit import TokenRows
+from playitback.models.encoder import TokenRows
+from playitback.models.saliency_interface import PlaybackView, Saliency
 
 __all__ = [
     "SlotAttention",
@@ -224,7 +227,7 @@ def normalise_per_sample(curve: Tensor, eps: float = 1e-12) -> Tensor:
     return (curve - low) / span.clamp_min(eps)
 
 
-class TemporalSaliency(nn.Module):
+class TemporalSaliency(Saliency):
     """Temporal saliency of one playback: position-embedded temporal profile -> 2-slot attention -> curve in [0, 1].
 
     The original's entry ``saliency_slots.{i}`` was an ``nn.Sequential`` whose parameter-free modules 1 and 2 (a
@@ -275,6 +278,26 @@ class TemporalSaliency(nn.Module):
         self.position_embed = SoftPositionEmbed(token_dim)
         # hidden = max(resolution, 128) as in the original.
         self.slot_attention = SlotAttention(num_slots, resolution, iters, eps, max(resolution, 128))
+
+    # The pooling contrast (playitback.losses.saliency_loss): the tokens pooled by the saliency and by its
+    # complement go through the encoder's head.
+    objective = "contrast"
+    objective_fields = ("pos_logits", "neg_logits")
+    reads_encoder_head = True
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, token_dim: int) -> TemporalSaliency:
+        sal = cfg.SALIENCY
+        return cls(token_dim=token_dim, frames0=cfg.AUDIO_DATA.FRAMES0, resolution=derived.saliency_resolution(cfg),
+                   num_slots=sal.NUM_SLOTS, iters=sal.ITERS, readout=sal.READOUT)
+
+    def score(self, view: PlaybackView) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The saliency of the tokens, and the head's logits [B, K] of the tokens pooled with the selection weights
+        (:func:`selection_weights` at ``view.budget``) and with their complement."""
+        saliency, _ = self(view.tokens, view.token_rows)
+        positive, negative = saliency_contrast(view.tokens, selection_weights(saliency, view.budget),
+                                               view.token_rows)
+        return saliency, (view.head(positive.unsqueeze(1)), view.head(negative.unsqueeze(1)))
 
     def forward(self, tokens: Tensor, rows: TokenRows) -> tuple[Tensor, Tensor]:
         """Compute the saliency curve of a batch of token grids.

@@ -97,15 +97,17 @@ def test_every_trainable_parameter_gets_a_gradient(iters: int, readout: str) -> 
     import torch
 
     from engine_utils import TINY_MODEL
+    from playitback.engine.build import build_loss
     from playitback.models import build_model
 
     cfg = load_config(PLAYITBACK, ["NUM_GPUS", "0", *TINY_MODEL, "MODEL.FREEZE_ENCODER", "False",
-                                   "SALIENCY.ITERS", str(iters), "SALIENCY.READOUT", readout])
+                                   "SALIENCY.METHOD", "slots", "SALIENCY.ITERS", str(iters),
+                                   "SALIENCY.READOUT", readout])
     torch.manual_seed(0)
     model = build_model(cfg).train()
     outputs = model([torch.randn(4, 16 * (i + 1), 128) for i in range(3)])
     targets = torch.nn.functional.one_hot(torch.arange(4), 4).float()
-    PlayItBackLoss(LabelSpace((4,)))(outputs, targets)["loss"].backward()
+    build_loss(cfg, LabelSpace((4,)))(outputs, targets)["loss"].backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
