@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from playitback.config import derived, load_config
 from playitback.engine.build import build_task
 from playitback.models import build_model
-from test_configs import SHIPPED, TINY
+from test_configs import SHIPPED, TINY, tiny_opts
 
 REPO = Path(__file__).resolve().parents[1]
 META = torch.device("meta")
@@ -42,7 +42,7 @@ def host_batch(cfg, batch: int = 2) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_training_and_eval_steps_never_read_device_values(path: Path) -> None:
-    cfg = load_config(path, [*TINY, "AUDIO_DATA.CLIP_SECS", "2.0", *HOST_STEP])
+    cfg = load_config(path, [*tiny_opts(path), "AUDIO_DATA.CLIP_SECS", "2.0", *HOST_STEP])
     model = build_model(cfg).to(META)
     task = build_task(cfg, model, META, train=True)
     assert task.pyramid is not None and task.spec_augment_settings is not None

@@ -14,6 +14,7 @@ LAYERS = [
     {"config"},
     {"data", "models"},
     {"losses", "metrics"},
+    {"anytime"},
     {"engine"},
     {"inference", "localisation", "visualization"},
 ]

@@ -37,12 +37,12 @@ def test_output_shapes_and_task_order(num_playbacks: int, num_classes: tuple[int
     model = tiny(num_playbacks, num_classes).eval()
     out = model(tokens(num_playbacks, batch=3))
     k = sum(num_classes)
-    assert out["logits"].shape == (3, k)
-    assert out["playback_logits"].shape == (num_playbacks, 3, k)
-    assert out["features"].shape == (3, 16)
+    assert out.logits.shape == (3, k)
+    assert out.playback_logits.shape == (num_playbacks, 3, k)
+    assert out.features.shape == (3, 16)
     heads = [model.fc] if len(num_classes) == 1 else list(model.fc)
-    expected = torch.cat([h.weight @ out["features"].T + h.bias[:, None] for h in heads]).T
-    torch.testing.assert_close(out["logits"], expected)
+    expected = torch.cat([h.weight @ out.features.T + h.bias[:, None] for h in heads]).T
+    torch.testing.assert_close(out.logits, expected)
 
 
 def test_batch_items_are_independent() -> None:
@@ -54,8 +54,8 @@ def test_batch_items_are_independent() -> None:
     for b in range(4):
         single = model([t[b : b + 1] for t in toks])
         for key in ("logits", "features"):
-            torch.testing.assert_close(single[key][0], batched[key][b], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(single["playback_logits"][:, 0], batched["playback_logits"][:, b], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(getattr(single, key)[0], getattr(batched, key)[b], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(single.playback_logits[:, 0], batched.playback_logits[:, b], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -69,8 +69,8 @@ def test_every_parameter_gets_a_gradient(fusion: str, fusion_loc: str, weight_ti
     assert (fusion == "mean") == (not fusion_params)
     out = model(tokens(3))
     # Random weights so that no gradient cancels by symmetry (e.g. through the LayerNorm).
-    loss = (out["logits"] * torch.randn_like(out["logits"])).sum()
-    loss = loss + (out["playback_logits"] * torch.randn_like(out["playback_logits"])).sum()
+    loss = (out.logits * torch.randn_like(out.logits)).sum()
+    loss = loss + (out.playback_logits * torch.randn_like(out.playback_logits)).sum()
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -84,16 +84,16 @@ def test_fusion_arithmetic() -> None:
     toks = tokens(3)
     # fc is affine, so the class head of the mean of the features is the mean of the per-playback logits.
     out = tiny(3, fusion="mean", fusion_loc="features").eval()(toks)
-    torch.testing.assert_close(out["logits"], out["playback_logits"].mean(0))
+    torch.testing.assert_close(out.logits, out.playback_logits.mean(0))
     out = tiny(3, fusion="mean", fusion_loc="predictions").eval()(toks)
-    torch.testing.assert_close(out["logits"], out["playback_logits"].mean(0))
+    torch.testing.assert_close(out.logits, out.playback_logits.mean(0))
 
     model = tiny(3, (3, 4), fusion="adaptive", fusion_loc="predictions").eval()
     assert model.fusion[2].weight.shape == (7, 1, 3)  # depthwise over the true total class count
     out = model(toks)
     weight = model.fusion[2].weight[:, 0, :]  # [K, S]
-    expected = torch.einsum("sbk,ks->bk", out["playback_logits"], weight)
-    torch.testing.assert_close(out["logits"], expected)
+    expected = torch.einsum("sbk,ks->bk", out.playback_logits, weight)
+    torch.testing.assert_close(out.logits, expected)
 
     model = tiny(3, fusion="adaptive", fusion_loc="features").eval()
     reduced = []
@@ -101,9 +101,9 @@ def test_fusion_arithmetic() -> None:
     out = model(toks)
     weight = model.fusion[2].weight  # [L_out, L_in, S]
     expected = torch.einsum("bsi,ois->bo", reduced[0], weight).clamp(min=0)
-    torch.testing.assert_close(out["features"], expected)
-    torch.testing.assert_close(out["logits"], model.fc(expected))
-    torch.testing.assert_close(out["playback_logits"], model.fc(reduced[0]).transpose(0, 1))
+    torch.testing.assert_close(out.features, expected)
+    torch.testing.assert_close(out.logits, model.fc(expected))
+    torch.testing.assert_close(out.playback_logits, model.fc(reduced[0]).transpose(0, 1))
 
     model = tiny(3, fusion="adaptive_concat", fusion_loc="features").eval()
     reduced.clear()
@@ -112,7 +112,7 @@ def test_fusion_arithmetic() -> None:
     hidden = model.fusion[1](reduced[0].flatten(1))
     a, gate = hidden.chunk(2, dim=-1)
     expected = model.fusion[4](a * torch.nn.functional.gelu(gate))
-    torch.testing.assert_close(out["features"], expected)
+    torch.testing.assert_close(out.features, expected)
 
 
 def test_weight_tying_shares_modules_after_layer_zero() -> None:
@@ -166,9 +166,9 @@ def test_bf16_autocast_forward_matches_fp32() -> None:
     ref = model(toks)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(toks)
-    for key in ref:
-        assert torch.isfinite(out[key]).all(), key
-        torch.testing.assert_close(out[key].float(), ref[key], atol=0.03, rtol=0.02)
+    for key in ("logits", "playback_logits", "features"):
+        assert torch.isfinite(getattr(out, key)).all(), key
+        torch.testing.assert_close(getattr(out, key).float(), getattr(ref, key), atol=0.03, rtol=0.02)
 
 
 def test_position_encoding_is_used() -> None:
@@ -178,9 +178,9 @@ def test_position_encoding_is_used() -> None:
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = [t[:, perm] for t in toks]
     model = tiny(2).eval()
-    assert not torch.allclose(model(toks)["logits"], model(permuted)["logits"], atol=1e-4)
+    assert not torch.allclose(model(toks).logits, model(permuted).logits, atol=1e-4)
     plain = tiny(2, fourier_encode_data=False).eval()
-    torch.testing.assert_close(plain(toks)["logits"], plain(permuted)["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain(toks).logits, plain(permuted).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_identical_tokens_depend_only_on_grid() -> None:
@@ -191,17 +191,17 @@ def test_identical_tokens_depend_only_on_grid() -> None:
         return [value.expand(2, *grid, D).clone() for _ in range(2)]
 
     plain = tiny(2, fourier_encode_data=False).eval()
-    torch.testing.assert_close(plain(constant((4, 3)))["logits"], plain(constant((7, 2)))["logits"])
+    torch.testing.assert_close(plain(constant((4, 3))).logits, plain(constant((7, 2))).logits)
 
     model = tiny(2).eval()
-    out = model(constant((4, 3)))["logits"]
-    assert not torch.allclose(out, model(constant((7, 2)))["logits"], atol=1e-4)
+    out = model(constant((4, 3))).logits
+    assert not torch.allclose(out, model(constant((7, 2))).logits, atol=1e-4)
     # Reference: the same weights without built-in encoding, fed the hand-concatenated [token, encoding] context.
     manual = tiny(2, input_dim=D + 14, fourier_encode_data=False).eval()
     manual.load_state_dict(model.state_dict())
     enc = fourier_position_encoding(4, 3, max_freq=10.0, num_freq_bands=3)
     ctx = [torch.cat([t, enc.expand(2, -1, -1, -1)], dim=-1) for t in constant((4, 3))]
-    torch.testing.assert_close(manual(ctx)["logits"], out)
+    torch.testing.assert_close(manual(ctx).logits, out)
 
 
 def test_eval_is_deterministic_and_train_uses_dropout() -> None:
@@ -210,10 +210,10 @@ def test_eval_is_deterministic_and_train_uses_dropout() -> None:
     toks = tokens(2)
     model.eval()
     a, b = model(toks), model(toks)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key in ("logits", "playback_logits", "features"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
     model.train()
-    assert not torch.equal(model(toks)["logits"], model(toks)["logits"])
+    assert not torch.equal(model(toks).logits, model(toks).logits)
 
 
 def test_argument_errors() -> None:
@@ -239,11 +239,11 @@ def test_torch_compile_fullgraph_and_export() -> None:
     if not torch._dynamo.is_dynamo_supported():
         pytest.skip("torch.compile (dynamo) is not supported on this Python/torch build")
     out = torch.compile(model, fullgraph=True, backend="eager")(toks)
-    torch.testing.assert_close(out["logits"], ref["logits"])
-    out["logits"].sum().backward()
+    torch.testing.assert_close(out.logits, ref.logits)
+    out.logits.sum().backward()
     assert model.latents.grad is not None and model.latents.grad.abs().sum() > 0
     exported = torch.export.export(model, (toks,))
-    torch.testing.assert_close(exported.module()(toks)["logits"], ref["logits"])
+    torch.testing.assert_close(exported.module()(toks).logits, ref.logits)
 
 
 @pytest.mark.parametrize(

@@ -30,13 +30,12 @@ from typing import Any
 
 import torch
 from fvcore.common.config import CfgNode
-from torch import Tensor, nn
+from torch import nn
 
 from playitback.config import ConfigError, load_config
 from playitback.models import build_model
 from playitback.models.build import example_playbacks
-from playitback.models.playitback import PlayItBack
-from playitback.utils.flops import count_flops
+from playitback.models.cost import stage_flops
 
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -46,18 +45,6 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
         return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
     return {"total": counts(model), **{name: counts(child) for name, child in model.named_children()}}
-
-
-class _EncoderFeatures(nn.Module):
-    """One encoder pass as PlayItBack runs it: spectrogram [B, T, F] -> tokens [B, T'' * F'', D] (no head)."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, spectrogram: Tensor) -> Tensor:
-        """[B, T, F] -> [B, T'' * F'', D]."""
-        return self.encoder.forward_features(spectrogram.unsqueeze(1))[0]
 
 
 def model_info(cfg: CfgNode, batch: int = 1) -> dict[str, Any]:
@@ -71,19 +58,10 @@ def model_info(cfg: CfgNode, batch: int = 1) -> dict[str, Any]:
     model = build_model(cfg).eval()
     playbacks = example_playbacks(cfg, batch, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        whole = count_flops(model, (playbacks,))
-        encoder_pass = count_flops(_EncoderFeatures(model.encoder), (playbacks[0],))
+        stages, whole = stage_flops(model, playbacks)
     top_level = [name for name, _ in model.named_children()]
     by_module = {name: whole.by_module.get(name, 0) for name in top_level}
     by_module["own_forward"] = whole.total - sum(by_module.values())
-    # Every pass reads a [B, T0, F] composite, so all S passes cost the same.
-    num_passes = model.num_playbacks if isinstance(model, PlayItBack) else 1
-    stages = {"encoder_passes": num_passes * encoder_pass.total, "encoder_head": whole.by_module.get("encoder.head", 0)}
-    if isinstance(model, PlayItBack):
-        stages.update({f"saliency_{i}": whole.by_module.get(f"saliencies.{i}", 0) for i in range(num_passes)})
-        stages["decoder"] = whole.by_module.get("decoder", 0)
-    stages["other"] = whole.total - sum(stages.values())
-    stages = {"total": whole.total, "encoder_pass": encoder_pass.total, **stages}
     return {
         "model": cfg.MODEL.MODEL_NAME,
         "input_shapes": [list(p.shape) for p in playbacks],

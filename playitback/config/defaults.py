@@ -92,6 +92,13 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 10
 _C.TEST.SAVE_RESULTS_PATH = ""
 # Write OUTPUT_DIR/scores/segments.jsonl: the replayed segments (seconds) of every clip, view and playback.
 _C.TEST.SAVE_SEGMENTS = False
+# Anytime inference of PlayItBack (docs/anytime.md): a clip stops after the first playback whose prediction is
+# confident enough, none | max_prob (largest probability) | margin (gap between the two largest); the test then also
+# reports anytime_top1, its mean GMACs per clip and where the clips stopped. tools/anytime.py chooses the threshold on
+# the validation list for a target cost.
+_C.TEST.EXIT_POLICY = "none"
+# The confidence that stops a clip (TEST.EXIT_POLICY), in [0, 1].
+_C.TEST.EXIT_THRESHOLD = 0.9
 # Autocast validation and testing with TRAIN.AMP_DTYPE (faster on a GPU; metrics can move in the last digits).
 _C.TEST.MIXED_PRECISION = False
 

@@ -252,6 +252,7 @@ CHOICE_KEYS: tuple[tuple[str, Iterable[str]], ...] = (
     ("TRAIN.AMP_DTYPE", choices.AMP_DTYPES),
     ("TRAIN.ON_NONFINITE_LOSS", choices.NONFINITE_POLICIES),
     ("TEST.CHECKPOINT_SELECT", choices.CHECKPOINT_SELECTIONS),
+    ("TEST.EXIT_POLICY", choices.EXIT_POLICIES),
     ("SOLVER.BASE_LR_SCALE_RULE", choices.LR_SCALE_RULES),
     ("WANDB.MODE", choices.WANDB_MODES),
     ("SALIENCY.READOUT", choices.READOUTS),
@@ -301,6 +302,11 @@ def validation_errors(cfg: CfgNode) -> list[str]:
     if cfg.MODEL.REPLAY == "events" and (not cfg.DATA.EVENTS_FILE or derived.is_encoder_only(cfg)):
         errors.append("MODEL.REPLAY events replays annotated events in PlayItBack: it needs DATA.EVENTS_FILE (a CSV of "
                       "uid, event_start_s, event_stop_s) and MODEL.PLAYBACK of at least 1")
+    if cfg.TEST.EXIT_POLICY != "none" and derived.is_encoder_only(cfg):
+        errors.append(f"TEST.EXIT_POLICY {cfg.TEST.EXIT_POLICY} stops PlayItBack after a confident playback; the "
+                      "encoder alone has one playback: leave TEST.EXIT_POLICY none")
+    if not 0.0 <= cfg.TEST.EXIT_THRESHOLD <= 1.0:
+        errors.append(f"TEST.EXIT_THRESHOLD is {cfg.TEST.EXIT_THRESHOLD}; it is a confidence, in [0, 1]")
     if cfg.MODEL.COMPILE_MODE != "default" and cfg.MODEL.COMPILE_BACKEND != "inductor":
         errors.append(f"MODEL.COMPILE_MODE {cfg.MODEL.COMPILE_MODE!r} is an inductor mode; set MODEL.COMPILE_BACKEND "
                       f"inductor or MODEL.COMPILE_MODE default (backend {cfg.MODEL.COMPILE_BACKEND!r})")

@@ -2,7 +2,7 @@
 
 Readers return the whole ``[start_s, stop_s)`` segment of a record as float32 mono at the requested rate; cropping to
 the clip length is the dataset's job. Stereo is down-mixed by the channel mean and other rates are resampled with
-soxr, so the original's failures on stereo files (B38) and at unexpected rates (B3) become conversions, and broken
+soxr, so the original's failures on stereo files and at unexpected rates become conversions, and broken
 files raise :class:`AudioReadError` naming the file.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both run on batches on the training device. Their randomness comes from one CPU ``torch.Generator`` (parameters are
 drawn on the CPU, then moved), so a seeded generator gives the same augmentation on every device and the generator's
-state can be checkpointed. They fix the original's SpecAugment (bugs B13, B14: a non-local spline "time warp" driven
-by a spectrogram value, masks skipped after a zero width) and MixUp (bug B7: inputs mixed across the playbacks of
+state can be checkpointed. They fix the original's SpecAugment (a non-local spline "time warp" driven
+by a spectrogram value, masks skipped after a zero width) and MixUp (inputs mixed across the playbacks of
 sample 0 while targets were mixed across the batch).
 
 Shape legend: B batch, T frames, F mel bins, S playbacks, K classes (all task heads concatenated), M masks.

@@ -1,10 +1,10 @@
 """The playback pyramid: log-mel spectrograms of one crop at T0, 2*T0, ... frames (DESIGN.md section 2).
 
-The recipe is the original one (ORIGINAL.md section 2.4): a Hann window of ``window_ms`` zero-padded (centred) to
+The default recipe is the original PlayItBack's ("librosa" style): a Hann window of ``window_ms`` zero-padded (centred) to
 ``n_fft``, a centred STFT with zero padding, magnitude, HTK mel bands without normalisation, ``log(mel + 1e-6)``,
 time-major. Playback i over a crop of N samples uses the hop ``round(N / (T0 * (i + 1)))`` and keeps exactly
 ``T0 * (i + 1)`` frames (the waveform is zero-padded at the end when the hop rounds down), so every clip of a batch
-gives the same shapes (bugs B15, B17 of the original).
+gives the same shapes (the original's frame counts varied with the clip, and its hop was truncated).
 
 Short segments. A crop whose segment is shorter than the clip (half of the EPIC-KITCHENS-100 validation actions are
 under 1.999 s) arrives zero-padded with its number of valid samples. With ``pad_mode="edge"`` (the default, as

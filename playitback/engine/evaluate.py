@@ -36,6 +36,8 @@ class Evaluation:
             "clips_missing", "clips_listed"); on every process.
         scores: [N, K] ensembled scores of the N scored clips (main process; empty elsewhere).
         per_view: [N, V, K] the scores of every view.
+        playback_scores: [N, S, K] the ensembled logits of each playback alone (PlayItBack's playback_logits: what an
+            anytime exit after playback p predicts); empty for the encoder alone.
         labels: the labels of the scored clips.
         uids: their clip ids.
         segments: with collect_segments, the replayed segments of every clip, view and replay.
@@ -44,6 +46,7 @@ class Evaluation:
     metrics: dict[str, float]
     scores: Tensor = field(default_factory=lambda: torch.empty(0))
     per_view: Tensor = field(default_factory=lambda: torch.empty(0))
+    playback_scores: Tensor = field(default_factory=lambda: torch.empty(0))
     labels: Tensor = field(default_factory=lambda: torch.empty(0))
     uids: list[str] = field(default_factory=list)
     segments: list[dict[str, Any]] = field(default_factory=list)
@@ -84,6 +87,8 @@ def evaluate(task: ClassificationTask, loader: Iterable[dict[str, Any]], dataset
         local["index"].append(batch["index"][readable])
         local["view"].append(batch["view"][readable])
         local["scores"].append(outputs.logits.cpu()[readable])
+        if outputs.playback_logits is not None:
+            local["playback_scores"].append(outputs.playback_logits.transpose(0, 1).flatten(1).cpu()[readable])
         local["labels"].append(batch["label"][readable])
         if collect_segments and outputs.has_replay:
             uids = [dataset.records[int(i)].uid for i in batch["index"]]
@@ -103,11 +108,21 @@ def evaluate(task: ClassificationTask, loader: Iterable[dict[str, Any]], dataset
                 ensemble.add(part["index"], part["view"], part["scores"], part["labels"])
         ensembled = ensemble.finalize()
         scored = ensembled.received
+        playback_scores = torch.empty(0)
+        with_playbacks = [part for part in gathered if part.get("playback_scores") is not None]
+        if with_playbacks:
+            per_playback = ViewEnsemble(len(dataset.records), dataset.num_views,
+                                        with_playbacks[0]["playback_scores"].shape[1], ensemble_method)
+            for part in gathered:
+                if part:
+                    per_playback.add(part["index"], part["view"], part["playback_scores"], part["labels"])
+            playback_scores = per_playback.finalize().scores[scored].unflatten(1, (-1, label_space.num_outputs))
         metrics = classification_metrics(ensembled.scores[scored], ensembled.labels[scored], label_space)
         # The loss of an unreadable item is that of silence; it stays in the average like every other view.
         metrics["loss"] = float(totals[0] / totals[1].clamp_min(1))
         metrics.update(_coverage(output_dir, dataset, int(scored.sum()), bad_files, split))
-        result = Evaluation(metrics, ensembled.scores[scored], ensembled.per_view[scored], ensembled.labels[scored],
+        result = Evaluation(metrics, ensembled.scores[scored], ensembled.per_view[scored], playback_scores,
+                            ensembled.labels[scored],
                             [r.uid for r, ok in zip(dataset.records, scored.tolist()) if ok],
                             sorted((s for part in gathered for s in part.get("segments", [])),
                                    key=lambda s: (s["video"], s["view"], s["playback"])))
@@ -134,13 +149,16 @@ def _coverage(output_dir: str | Path, dataset: AudioClipDataset, scored: int, ba
 
 def write_scores(scores_dir: str | Path, evaluation: Evaluation, label_space: LabelSpace, name: str = "test",
                  extra_scores_path: str | Path | None = None, write_segments: bool = False) -> Path:
-    """What a test leaves behind, under `scores_dir`: <name>.npz (scores, per-view scores, labels, clip ids; numpy,
-    no pickle), per_class.csv (the AP of every class) and, with `write_segments`, segments.jsonl; also scores and
+    """What a test leaves behind, under `scores_dir`: <name>.npz (scores, per-view scores, labels, clip ids, and for
+    PlayItBack each playback's scores; numpy, no pickle), per_class.csv (the AP of every class) and, with `write_segments`, segments.jsonl; also scores and
     labels at `extra_scores_path` (TEST.SAVE_RESULTS_PATH) when given. Returns scores_dir."""
     scores_dir = Path(scores_dir)
     scores_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(scores_dir / f"{name}.npz", scores=evaluation.scores.numpy(), per_view=evaluation.per_view.numpy(),
-             labels=evaluation.labels.numpy(), uids=np.array(evaluation.uids))
+    arrays = {"scores": evaluation.scores.numpy(), "per_view": evaluation.per_view.numpy(),
+              "labels": evaluation.labels.numpy(), "uids": np.array(evaluation.uids)}
+    if evaluation.playback_scores.numel():
+        arrays["playback_scores"] = evaluation.playback_scores.numpy()
+    np.savez(scores_dir / f"{name}.npz", **arrays)
     if extra_scores_path:
         np.savez(extra_scores_path, scores=evaluation.scores.numpy(), labels=evaluation.labels.numpy())
     write_per_class_csv(scores_dir / PER_CLASS_FILE, evaluation.scores, evaluation.labels, label_space)

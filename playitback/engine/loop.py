@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -78,7 +78,6 @@ class TrainState:
     best_metric: float = -math.inf
     # The epoch's checkpoint is written and its validation has not finished (a resumed run runs it first).
     pending_validation: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

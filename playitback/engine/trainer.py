@@ -20,6 +20,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from playitback.anytime import anytime_point, exit_confidence, playback_costs
 from playitback.config import derived, dump_config
 from playitback.data.build import build_dataset, build_label_space, build_loader
 from playitback.data.dataset import AudioClipDataset
@@ -38,12 +39,14 @@ from playitback.engine.build import (
     wrap_model,
 )
 from playitback.engine.checkpointer import Checkpointer, select_test_checkpoint
-from playitback.engine.evaluate import BAD_FILES, evaluate, write_scores
+from playitback.engine.evaluate import BAD_FILES, Evaluation, evaluate, write_scores
 from playitback.engine.learning_check import NotLearningCheck, chance_loss
 from playitback.engine.loop import StopRequest, TrainState, first_batches, train_one_epoch
 from playitback.engine.reproducibility import audio_coverage, write_clip_ids
 from playitback.engine.task import ClassificationTask
 from playitback.models import build_model
+from playitback.models.build import example_playbacks
+from playitback.models.cost import stage_flops
 from playitback.utils import distributed as du
 from playitback.utils.errors import UserError
 from playitback.utils.logging import MetricWriter, setup_logging
@@ -273,6 +276,25 @@ def scores_name(cfg: CfgNode) -> str:
     return cfg.EPICKITCHENS.TEST_SPLIT if derived.split_dataset(cfg, "test") == "epickitchens" else "test"
 
 
+def _anytime_metrics(cfg: CfgNode, model: nn.Module, evaluation: Evaluation, label_space: LabelSpace
+                     ) -> dict[str, float]:
+    """The test's metrics under anytime inference (TEST.EXIT_POLICY at TEST.EXIT_THRESHOLD), prefixed "anytime_", with
+    the mean multiply-adds per clip (GMACs), their fraction of the full forward's and the share of clips stopping
+    after each playback."""
+    with torch.no_grad():
+        flops, _ = stage_flops(model, example_playbacks(cfg, 1, next(model.parameters()).device))
+    costs = playback_costs(flops, model.num_playbacks)
+    playback_logits = evaluation.playback_scores.transpose(0, 1)  # [S, N, K]
+    confidence = exit_confidence(playback_logits, label_space.class_counts, label_space.multi_label,
+                                 cfg.TEST.EXIT_POLICY)
+    point = anytime_point(playback_logits, evaluation.scores, evaluation.labels, label_space, confidence, costs,
+                          cfg.TEST.EXIT_THRESHOLD)
+    return {**{f"anytime_{name}": value for name, value in point.metrics.items()},
+            "anytime_gmacs": point.mean_cost / 1e9, "anytime_cost_fraction": point.cost_fraction,
+            "full_gmacs": costs[-1] / 1e9,
+            **{f"anytime_exit_p{p}": share * 100 for p, share in enumerate(point.exit_fractions)}}
+
+
 def test(cfg: CfgNode) -> dict[str, float]:
     """Multi-view test of a checkpoint: metrics (metrics.jsonl "test_final"), scores under OUTPUT_DIR/scores/ and, with
     TEST.SAVE_SEGMENTS, the replayed segments in OUTPUT_DIR/scores/segments.jsonl."""
@@ -307,6 +329,8 @@ def test(cfg: CfgNode) -> dict[str, float]:
                                   str(derived.dataset_files(cfg, "test").annotation_files[0]))
     evaluation = evaluate(task, loader, test_set, label_space, cfg.OUTPUT_DIR, ensemble_method=cfg.DATA.ENSEMBLE_METHOD,
                           collect_segments=cfg.TEST.SAVE_SEGMENTS, split="test")
+    if cfg.TEST.EXIT_POLICY != "none" and du.is_main_process():
+        evaluation.metrics.update(_anytime_metrics(cfg, du.unwrap_model(model), evaluation, label_space))
     writer = build_writer(cfg)
     writer.write({"split": "test_final", "checkpoint": str(path), **evaluation.metrics, **coverage})
     writer.close()

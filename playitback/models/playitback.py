@@ -198,9 +198,9 @@ class PlayItBack(nn.Module):
                 all_times.append(times)
         decoded = self.decoder(tokens)
         return ModelOutput(
-            logits=decoded["logits"],
-            features=decoded["features"],
-            playback_logits=decoded["playback_logits"],
+            logits=decoded.logits,
+            features=decoded.features,
+            playback_logits=decoded.playback_logits,
             **{name: torch.stack(values) for name, values in zip(fields, objective)},
             saliency=torch.stack(saliencies, dim=1),
             replay_masks=torch.stack(masks, dim=1),

@@ -7,7 +7,7 @@ the mean (normalised) profile of the channels the positive slot attends to minus
 ("attention"), or the original's slot 0 minus slot 1 ("slots"); min-max normalised per sample it is a soft saliency
 curve s in [0, 1] over the T0 frames of playback 0.
 
-Why this is trainable (the original's slots never received a gradient, ORIGINAL.md B1): the hard mask that drives the
+Why this is trainable (the original's slots never received a gradient: its loss did not depend on them): the hard mask that drives the
 replay (`saliency_mask`) is not differentiable, so the learning signal goes through the *soft* curve instead.
 `saliency_contrast` pools the tokens with weights s (positive) and 1 - s (negative); the model passes both pooled
 vectors through the encoder's classifier head *with gradients* (the head may be frozen: frozen weights still pass

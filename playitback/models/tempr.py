@@ -2,9 +2,9 @@
 
 One latent array attends to the tokens of playback 0, then of playback 1, and so on (one cross-attention layer per
 playback, each followed by a small latent transformer). The latent array is recorded after every layer, reduced to one
-vector per playback, classified by a shared head and fused over the playbacks (ORIGINAL.md 3.6, with its fixes:
-the true (time, frequency) token grid, a working "mean" fusion, per-task class counts for prediction fusion and an
-out-of-place fp32 softmax).
+vector per playback, classified by a shared head and fused over the playbacks (the original PlayItBack's decoder,
+with its fixes: the true (time, frequency) token grid, a working "mean" fusion, per-task class counts for prediction
+fusion and an out-of-place fp32 softmax).
 
 Module and attribute names reproduce the original state-dict layout (``latents``, ``layers.{i}.{0,1,2}``,
 ``reduce.2``, ``fusion.2``, ``fc`` / ``fc.{t}``) so original PlayItBack checkpoints load unchanged.
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.export
 import torch.nn.functional as F
 from einops import rearrange
 from einops.layers.torch import Rearrange, Reduce
@@ -199,6 +201,28 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     """Raise a ValueError naming ``name`` and the valid ``choices`` when ``value`` is not one of them."""
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
+
+
+@dataclass
+class DecoderOutput:
+    """What TemPr returns.
+
+    Attributes:
+        logits: [B, K] the fused logits (with several tasks, the tasks' logits concatenated in the order of
+            ``num_classes``).
+        playback_logits: [S, B, K] the logits of each playback's latent state; the state after layer p has read
+            playbacks 0..p only.
+        features: [B, L] the fused features for fusion over features; for fusion over predictions, the mean over
+            playbacks of the reduced per-playback features.
+    """
+
+    logits: Tensor
+    playback_logits: Tensor
+    features: Tensor
+
+
+# A pytree node, so torch.export and torch.compile see the tensors inside.
+torch.export.register_dataclass(DecoderOutput, serialized_type_name="playitback.DecoderOutput")
 
 
 class TemPr(nn.Module):
@@ -388,7 +412,7 @@ class TemPr(nn.Module):
             tokens = torch.cat([tokens, enc.expand(b, -1, -1, -1)], dim=-1)
         return tokens.flatten(1, 2)
 
-    def forward(self, tokens: Sequence[Tensor]) -> dict[str, Tensor]:
+    def forward(self, tokens: Sequence[Tensor]) -> DecoderOutput:
         """Decode and fuse the playbacks.
 
         Args:
@@ -396,10 +420,7 @@ class TemPr(nn.Module):
                 grid, time-major. Playback i feeds cross-attention layer i.
 
         Returns:
-            ``logits`` [B, K]: fused logits. ``playback_logits`` [S, B, K]: logits of each playback.
-            ``features`` [B, L]: the fused features for fusion over features; for fusion over predictions, the mean
-            over playbacks of the reduced per-playback features. With several tasks the K logits are the tasks'
-            logits concatenated in the order of ``num_classes``.
+            A :class:`DecoderOutput`.
 
         Raises:
             ValueError: When the number of tensors is not ``num_playbacks`` or a tensor has the wrong shape.
@@ -435,4 +456,4 @@ class TemPr(nn.Module):
         else:
             fused = feats.mean(dim=1)
             logits = self.fusion(playback_logits)
-        return {"logits": logits, "playback_logits": playback_logits.transpose(0, 1), "features": fused}
+        return DecoderOutput(logits=logits, playback_logits=playback_logits.transpose(0, 1), features=fused)

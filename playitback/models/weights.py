@@ -1,8 +1,8 @@
 """Map a foreign state dict (original PlayItBack, bare MViTv2, ImageNet MViTv2, Hugging Face AST, DDP-wrapped) onto a
 model.
 
-The matching rules are those of the original checkpoint loader (ORIGINAL.md 4.7), made explicit and reported
-instead of silently skipped. Reading the file and calling ``load_state_dict`` is left to the caller, so this module
+The matching rules are those of the original PlayItBack's checkpoint loader (PySlowFast's: DDP prefixes, submodule
+prefixes, name patterns, RGB kernels), made explicit and reported instead of silently skipped. Reading the file and calling ``load_state_dict`` is left to the caller, so this module
 does no I/O.
 """
 from __future__ import annotations
