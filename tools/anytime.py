@@ -96,7 +96,12 @@ def anytime_study(cfg, run: Path, out: Path, targets: Sequence[float], policies:
         playback_logits, test["scores"], test["labels"], label_space,
         torch.ones(playback_logits.shape[:2]) * (torch.arange(playback_logits.shape[0]) >= p).float()[:, None],
         costs, 0.5).metrics[primary]} for p in range(playback_logits.shape[0] - 1)]
+    calibrated_on_test = trainer.validation_is_test(cfg)
+    if calibrated_on_test:
+        print("warning: the validation and the test lists are the same file, so the thresholds are chosen on the test "
+              "clips themselves (optimistic); hold a validation list out of the training list for an honest figure")
     result: dict[str, Any] = {"run": str(run), "checkpoint": str(checkpoint), "metric": primary,
+                              "calibrated_on_test_list": calibrated_on_test,
                               "full": {"gmacs": costs[-1] / 1e9, primary: full.metrics[primary]},
                               "exit_costs_gmacs": [c / 1e9 for c in costs[:-1]], "fixed_exits": fixed_exits,
                               "policies": {}}

@@ -185,7 +185,7 @@ def plan_seed(study: Study, seed: int, controls: Sequence[str], swaps: Sequence[
     for name in (BASELINE, METHOD, *controls):
         cfg_file, opts = variant_config(study, name)
         out = root / name
-        replaying = is_playitback(cfg_file, [*seeded, *opts, *study.extra_opts])
+        replaying = is_playitback(cfg_file, [*seeded, *opts, *events, *study.extra_opts])
         train_opts = [*seeded, *opts, *(events if replaying else []), "SOLVER.MAX_EPOCH", str(study.stage2_epochs),
                       "TEST.ENABLE", "False", "OUTPUT_DIR", str(out)]
         if not replaying:

@@ -36,20 +36,20 @@ class Evaluation:
             "clips_missing", "clips_listed"); on every process.
         scores: [N, K] ensembled scores of the N scored clips (main process; empty elsewhere).
         per_view: [N, V, K] the scores of every view.
-        playback_scores: [N, S, K] the ensembled logits of each playback alone (PlayItBack's playback_logits: what an
-            anytime exit after playback p predicts); empty for the encoder alone.
         labels: the labels of the scored clips.
         uids: their clip ids.
         segments: with collect_segments, the replayed segments of every clip, view and replay.
+        playback_scores: [N, S, K] the ensembled logits of each playback alone (PlayItBack's playback_logits: what an
+            anytime exit after playback p predicts); empty for the encoder alone.
     """
 
     metrics: dict[str, float]
     scores: Tensor = field(default_factory=lambda: torch.empty(0))
     per_view: Tensor = field(default_factory=lambda: torch.empty(0))
-    playback_scores: Tensor = field(default_factory=lambda: torch.empty(0))
     labels: Tensor = field(default_factory=lambda: torch.empty(0))
     uids: list[str] = field(default_factory=list)
     segments: list[dict[str, Any]] = field(default_factory=list)
+    playback_scores: Tensor = field(default_factory=lambda: torch.empty(0))
 
 
 @torch.no_grad()
@@ -121,11 +121,11 @@ def evaluate(task: ClassificationTask, loader: Iterable[dict[str, Any]], dataset
         # The loss of an unreadable item is that of silence; it stays in the average like every other view.
         metrics["loss"] = float(totals[0] / totals[1].clamp_min(1))
         metrics.update(_coverage(output_dir, dataset, int(scored.sum()), bad_files, split))
-        result = Evaluation(metrics, ensembled.scores[scored], ensembled.per_view[scored], playback_scores,
-                            ensembled.labels[scored],
+        result = Evaluation(metrics, ensembled.scores[scored], ensembled.per_view[scored], ensembled.labels[scored],
                             [r.uid for r, ok in zip(dataset.records, scored.tolist()) if ok],
                             sorted((s for part in gathered for s in part.get("segments", [])),
-                                   key=lambda s: (s["video"], s["view"], s["playback"])))
+                                   key=lambda s: (s["video"], s["view"], s["playback"])),
+                            playback_scores)
     result.metrics = du.broadcast_object(result.metrics)
     return result
 
