@@ -3,7 +3,7 @@
     .venv/bin/python bench/data.py                    # generated 5 s clips at 16 kHz (VGG-Sound's crop), CPU
     .venv/bin/python bench/data.py --workers 0 2 --clips 256
 
-Prints one JSON line. The data are generated with ``playitback.data.demo.make_demo_dataset`` into a temporary folder
+Prints one JSON line. The data are generated with ``playitback.synthetic.demo.make_demo_dataset`` into a temporary folder
 (16-bit PCM WAV, 5 s at 16 kHz, the length of a VGG-Sound crop) and read through the library's own pieces
 (``build_dataset`` and ``build_loader`` of configs/VGG-Sound/PlayItBackX2.yaml, so the crop, T0 = 400 and the three
 playbacks are VGG-Sound's). Two placements of the log-mel front-end:
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.model import machine  # noqa: E402
 from playitback.config import load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
-from playitback.data.demo import make_demo_dataset  # noqa: E402
+from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
 
 CONFIG = REPO / "configs" / "VGG-Sound" / "PlayItBackX2.yaml"
 

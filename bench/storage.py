@@ -3,7 +3,7 @@
     .venv/bin/python bench/storage.py                        # 256 generated 10 s clips, loader at 8 and 16 workers
     .venv/bin/python bench/storage.py --clips 32 --draws 128 --workers 2
 
-Prints one JSON line. The same generated clips (``playitback.data.demo``: 10 s at 16 kHz, AudioSet's clip length)
+Prints one JSON line. The same generated clips (``playitback.synthetic.demo``: 10 s at 16 kHz, AudioSet's clip length)
 are stored six ways:
 
 * files: one file per clip, 16-bit WAV, FLAC, and MP3 (80 kbit/s constant bit rate), read by FileAudioReader;
@@ -43,9 +43,9 @@ from bench.model import machine  # noqa: E402
 from playitback.config import load_config  # noqa: E402
 from playitback.data.annotations import read_annotations, write_records_csv  # noqa: E402
 from playitback.data.audio_io import FileAudioReader  # noqa: E402
-from playitback.data.demo import make_demo_dataset  # noqa: E402
 from playitback.data.records import ClipRecord  # noqa: E402
 from playitback.data.shards import ShardAudioReader, pack_clips  # noqa: E402
+from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
 
 CONFIG = REPO / "configs" / "AudioSet" / "MViTv2_B.yaml"
 RATE = 16000

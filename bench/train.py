@@ -50,7 +50,6 @@ sys.path.insert(0, str(REPO))
 from bench.model import AMP_OPTS, bench_device, machine, per_sample_flops  # noqa: E402
 from playitback.config import load_config  # noqa: E402
 from playitback.data.build import build_dataset, build_loader  # noqa: E402
-from playitback.data.demo import make_demo_dataset  # noqa: E402
 from playitback.engine.build import (  # noqa: E402
     amp_dtype,
     build_loop_settings,
@@ -63,6 +62,7 @@ from playitback.engine.build import (  # noqa: E402
 from playitback.engine.loop import StopRequest, TrainState, first_batches, train_one_epoch  # noqa: E402
 from playitback.models import build_model  # noqa: E402
 from playitback.models.build import example_playbacks  # noqa: E402
+from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
 from playitback.utils.distributed import unwrap_model  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
 

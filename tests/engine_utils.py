@@ -22,7 +22,7 @@ TINY_MODEL = [
 
 def make_tiny_dataset(root: Path) -> Path:
     """4 classes x 6 training and 3 test clips of 2 s (the demo generator at a small size)."""
-    from playitback.data.demo import make_demo_dataset
+    from playitback.synthetic.demo import make_demo_dataset
 
     if not (root / "annotations" / "train.csv").is_file():
         make_demo_dataset(root, num_classes=4, train_per_class=6, test_per_class=3, clip_secs=2.0, seed=0)

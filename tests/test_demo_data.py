@@ -14,7 +14,7 @@ import soundfile as sf
 
 from playitback.data.annotations import read_annotations
 from playitback.data.audio_io import FileAudioReader
-from playitback.data.demo import demo_classes, make_demo_dataset
+from playitback.synthetic.demo import demo_classes, make_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_classes": 8, "train_per_class": 2, "test_per_class": 1, "clip_secs": 1.5, "sample_rate": 16000}

@@ -13,7 +13,7 @@ LAYERS = [
     {"utils", "registry"},
     {"config"},
     {"data", "models"},
-    {"losses", "metrics"},
+    {"losses", "metrics", "synthetic"},
     {"anytime"},
     {"engine"},
     {"inference", "localisation", "visualization"},

@@ -85,7 +85,7 @@ def test_a_run_with_shuffled_labels_says_it_is_not_learning(tmp_path: Path) -> N
 def test_the_demo_encoder_learns_and_stays_silent(tmp_path: Path) -> None:
     """Stage 1 of `make demo` (20 epochs, seed 0): the loss leaves its chance level after a slow start and the check
     (at the recipe's epoch 10) says nothing."""
-    from playitback.data.demo import make_demo_dataset
+    from playitback.synthetic.demo import make_demo_dataset
 
     data = tmp_path / "demo"
     make_demo_dataset(data, seed=0)

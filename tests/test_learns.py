@@ -4,7 +4,7 @@ and the loss stays below chance.
 
 Measured with seeds 0, 1 and 2 (CPU, 8-10 s each): training loss 1.387 -> 0.735 / 0.602 / 0.386, test accuracy
 40.6 / 51.6 / 70.3%, test loss 1.20 / 1.18 / 0.82. More steps overfit (60 steps: test loss 1.18 / 1.52 / 0.93). The
-encoder sees playback 0 only, where the two pulse rates of a pitch group alias (playitback/data/demo.py), so about 50%
+encoder sees playback 0 only, where the two pulse rates of a pitch group alias (playitback/synthetic/demo.py), so about 50%
 is what it can reach; the test runs seed 0.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from engine_utils import TINY_MODEL
 from playitback.config import load_config
 from playitback.data.build import build_dataset, build_loader
-from playitback.data.demo import make_demo_dataset
 from playitback.engine.build import build_task
 from playitback.models import build_model
 from playitback.models.output import ModelOutput
+from playitback.synthetic.demo import make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE_LOSS = math.log(4)

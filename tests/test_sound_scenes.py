@@ -1,4 +1,4 @@
-"""The sound-scene generator (playitback.data.sound_scenes, tools/make_sound_data.py): layout, determinism and event
+"""The sound-scene generator (playitback.synthetic.sound_scenes, tools/make_sound_data.py): layout, determinism and event
 times checked against an independent measure (librosa frame RMS)."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from playitback.data import sound_scenes
 from playitback.data.annotations import read_annotations, read_class_list
 from playitback.data.events import load_event_spans
-from playitback.data.sound_scenes import (
+from playitback.synthetic import sound_scenes
+from playitback.synthetic.sound_scenes import (
     SOUND_CLASSES,
     SourceToolError,
     find_soundfont,

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from playitback.data.demo import make_demo_dataset
+from playitback.synthetic.demo import make_demo_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from playitback.data.sound_scenes import SOUND_CLASSES, SourceToolError, make_sound_scenes
+from playitback.synthetic.sound_scenes import SOUND_CLASSES, SourceToolError, make_sound_scenes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from jobs import TORCHRUN, job_env, run_command
 @pytest.fixture(scope="session")
 def job_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 classes x 24 training clips (12 iterations of 8 per epoch) and 3 test clips each, 2 s long."""
-    from playitback.data.demo import make_demo_dataset
+    from playitback.synthetic.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("job_data")
     make_demo_dataset(root, num_classes=4, train_per_class=24, test_per_class=3, clip_secs=2.0, seed=0)

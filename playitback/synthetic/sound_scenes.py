@@ -573,7 +573,7 @@ def make_sound_scenes(
                rows)
     num_clips = {split: sum(row["split"] == split for row in rows) for split in SPLITS}
     description = {
-        "generator": "playitback.data.sound_scenes", "seed": seed, "clip_secs": clip_secs, "sample_rate": sample_rate,
+        "generator": "playitback.synthetic.sound_scenes", "seed": seed, "clip_secs": clip_secs, "sample_rate": sample_rate,
         "num_clips": num_clips, "classes": [asdict(sound) for sound in classes], "event_snr_db": list(event_snr_db),
         "distractor_snr_db": list(distractor_snr_db), "max_distractors": max_distractors,
         "babble_probability": babble_probability, "soundfont": font.name, "tools": versions,
