@@ -50,7 +50,7 @@ demo: setup
 	$(PY) tools/demo.py --data $(DEMO_DATA) --runs $(DEMO_RUNS) --figs figs --seeds $(SEEDS) $(if $(CONTROLS),--controls)
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_RUNS) .pytest_cache

@@ -1,7 +1,7 @@
 """Data-loading throughput: clips/s of the project's DataLoader with 0, 1 and 2 workers, two front-end placements.
 
-    .venv/bin/python bench/data.py                    # generated 5 s clips at 16 kHz (VGG-Sound's crop), CPU
-    .venv/bin/python bench/data.py --workers 0 2 --clips 256
+    .venv/bin/python -m bench.data                    # generated 5 s clips at 16 kHz (VGG-Sound's crop), CPU
+    .venv/bin/python -m bench.data --workers 0 2 --clips 256
 
 Prints one JSON line. The data are generated with ``playitback.synthetic.demo.make_demo_dataset`` into a temporary folder
 (16-bit PCM WAV, 5 s at 16 kHz, the length of a VGG-Sound crop) and read through the library's own pieces
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,12 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.model import machine
+from playitback.config import load_config
+from playitback.data.build import build_dataset, build_loader
+from playitback.synthetic.demo import make_demo_dataset
 
-from bench.model import machine  # noqa: E402
-from playitback.config import load_config  # noqa: E402
-from playitback.data.build import build_dataset, build_loader  # noqa: E402
-from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = REPO / "configs" / "VGG-Sound" / "PlayItBackX2.yaml"
 

@@ -1,7 +1,7 @@
 """Front-end throughput: clips/s of the playback pyramid, librosa reference vs the project's torch paths.
 
-    .venv/bin/python bench/frontend.py                 # CPU: librosa, per-item (1 thread), batched (all threads)
-    .venv/bin/python bench/frontend.py --device cuda   # the batched path on the GPU
+    .venv/bin/python -m bench.frontend                 # CPU: librosa, per-item (1 thread), batched (all threads)
+    .venv/bin/python -m bench.frontend --device cuda   # the batched path on the GPU
 
 Prints one JSON line. Three paths render the same pyramid (``--playbacks`` log-mel spectrograms of
 ``--seconds`` crops):
@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.librosa_reference import playback_pyramid_reference  # noqa: E402
-from playitback.data.spectrogram import PlaybackPyramid, playback_pyramid  # noqa: E402
+from bench.librosa_reference import playback_pyramid_reference
+from playitback.data.spectrogram import PlaybackPyramid, playback_pyramid
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """Model throughput: forward and forward+backward time of PlayItBack X1/X2/X3 and the encoder alone, with FLOPs, MFU,
 the ``torch.compile`` speed-up and a host-synchronisation check.
 
-    .venv/bin/python bench/model.py                               # CPU, fp32, demo and small sizes, batch 8
-    .venv/bin/python bench/model.py --compile                     # also time torch.compile'd models side by side
-    .venv/bin/python bench/model.py --models X2 --saliency slots slots_budget_priors evidence
+    .venv/bin/python -m bench.model                               # CPU, fp32, demo and small sizes, batch 8
+    .venv/bin/python -m bench.model --compile                     # also time torch.compile'd models side by side
+    .venv/bin/python -m bench.model --models X2 --saliency slots slots_budget_priors evidence
                                                                   # the extra compute of each saliency variant
-    .venv/bin/python bench/model.py --device cuda --dtype bf16 --full --batch 64 --compile --sync-debug
-                                                                  # the GPU protocol of bench/run_all.py --device cuda
+    .venv/bin/python -m bench.model --device cuda --dtype bf16 --full --batch 64 --compile --sync-debug
+                                                                  # the GPU protocol of python -m bench.run_all --device cuda
 
 Prints one JSON line. Sizes:
 
@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,23 +48,22 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from playitback.config import derived, load_config  # noqa: E402
-from playitback.data.build import build_label_space  # noqa: E402
-from playitback.engine.build import build_loss, build_task  # noqa: E402
-from playitback.losses import labels_to_targets  # noqa: E402
-from playitback.models import build_model  # noqa: E402
-from playitback.models.build import example_playbacks  # noqa: E402
-from playitback.models.output import ModelOutput  # noqa: E402
-from playitback.utils.flops import (  # noqa: E402
+from playitback.config import derived, load_config
+from playitback.data.build import build_label_space
+from playitback.engine.build import build_loss, build_task
+from playitback.losses import labels_to_targets
+from playitback.models import build_model
+from playitback.models.build import example_playbacks
+from playitback.models.output import ModelOutput
+from playitback.utils.flops import (
     StepFlops,
     count_flops,
     model_flops_utilisation,
     peak_tflops,
     step_flops,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZES: dict[str, dict[str, Any]] = {

@@ -1,8 +1,8 @@
 """Run every benchmark, save the results of this machine and print them as a table (what ``make bench`` runs).
 
-    .venv/bin/python bench/run_all.py                      # CPU
-    .venv/bin/python bench/run_all.py --device cuda        # the GPU protocol (below)
-    .venv/bin/python bench/run_all.py --only model train   # a subset (the other results of the machine are kept)
+    .venv/bin/python -m bench.run_all                      # CPU
+    .venv/bin/python -m bench.run_all --device cuda        # the GPU protocol (below)
+    .venv/bin/python -m bench.run_all --only model train   # a subset (the other results of the machine are kept)
 
 Each benchmark runs in its own process and prints one JSON line; they are collected into
 ``bench/results/<machine>.json`` and ``bench/results/<machine>.md`` (one Markdown table per benchmark), where
@@ -83,7 +83,7 @@ def bench_command(name: str, device: str) -> list[str]:
     """The command line of one benchmark on `device` ("cpu" or a CUDA device)."""
     script, cpu_args, gpu_args = BENCHMARKS[name]
     args = [device if arg == CUDA else arg for arg in gpu_args] if device.startswith("cuda") else cpu_args
-    return [sys.executable, str(REPO / "bench" / script), *args]
+    return [sys.executable, "-m", f"bench.{Path(script).stem}", *args]
 
 
 def run_benchmark(name: str, device: str, timeout_s: float) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Audio storage: the decode rate of one worker and the loader rate of files vs shards, and the bytes per clip of each.
 
-    .venv/bin/python bench/storage.py                        # 256 generated 10 s clips, loader at 8 and 16 workers
-    .venv/bin/python bench/storage.py --clips 32 --draws 128 --workers 2
+    .venv/bin/python -m bench.storage                        # 256 generated 10 s clips, loader at 8 and 16 workers
+    .venv/bin/python -m bench.storage --clips 32 --draws 128 --workers 2
 
 Prints one JSON line. The same generated clips (``playitback.synthetic.demo``: 10 s at 16 kHz, AudioSet's clip length)
 are stored six ways:
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,17 +34,16 @@ from typing import Any
 import soundfile as sf
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.data import time_one_pass
+from bench.model import machine
+from playitback.config import load_config
+from playitback.data.annotations import read_annotations, write_records_csv
+from playitback.data.audio_io import FileAudioReader
+from playitback.data.records import ClipRecord
+from playitback.data.shards import ShardAudioReader, pack_clips
+from playitback.synthetic.demo import make_demo_dataset
 
-from bench.data import time_one_pass  # noqa: E402
-from bench.model import machine  # noqa: E402
-from playitback.config import load_config  # noqa: E402
-from playitback.data.annotations import read_annotations, write_records_csv  # noqa: E402
-from playitback.data.audio_io import FileAudioReader  # noqa: E402
-from playitback.data.records import ClipRecord  # noqa: E402
-from playitback.data.shards import ShardAudioReader, pack_clips  # noqa: E402
-from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = REPO / "configs" / "AudioSet" / "MViTv2_B.yaml"
 RATE = 16000

@@ -1,8 +1,8 @@
 """End-to-end training throughput: the real DataLoader against the same batches pre-loaded in memory.
 
-    .venv/bin/python bench/train.py                    # CPU: demo PlayItBackX2 and the demo encoder pretraining
-    .venv/bin/python bench/train.py --device cuda --configs MViTv2_B PlayItBackX3 --workers 8 --batch 64 \
-        --amp bf16 --iters 20                          # the GPU protocol of bench/run_all.py --device cuda
+    .venv/bin/python -m bench.train                    # CPU: demo PlayItBackX2 and the demo encoder pretraining
+    .venv/bin/python -m bench.train --device cuda --configs MViTv2_B PlayItBackX3 --workers 8 --batch 64 \
+        --amp bf16 --iters 20                          # the GPU protocol of python -m bench.run_all --device cuda
 
 Prints one JSON line. For each config a dataset of generated clips in the demo layout (VGG-Sound annotations, WAV
 files at the config's sample rate, as long as its crops) is written into a temporary folder, and the config trains
@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,10 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
-from fvcore.common.config import CfgNode
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from fvcore.common.config import CfgNode  # noqa: E402
 
 from bench.model import AMP_OPTS, bench_device, machine, per_sample_flops  # noqa: E402
 from playitback.config import load_config  # noqa: E402
@@ -65,6 +61,8 @@ from playitback.models.build import example_playbacks  # noqa: E402
 from playitback.synthetic.demo import make_demo_dataset  # noqa: E402
 from playitback.utils.distributed import unwrap_model  # noqa: E402
 from playitback.utils.flops import StepFlops, model_flops_utilisation, peak_tflops  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {"PlayItBackX2": "configs/Demo/PlayItBackX2.yaml", "encoder_pretrain": "configs/Demo/MViT_pretrain.yaml",
            "MViTv2_B": "configs/VGG-Sound/MViTv2_B.yaml", "PlayItBackX3": "configs/VGG-Sound/PlayItBackX3.yaml"}

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from playitback.config import derived
 from playitback.data.build import build_pyramid
-from playitback.engine.checkpoint import load_weights
+from playitback.engine.checkpoint_files import load_weights
 from playitback.models import build_model
 from playitback.models.replay import replayed_seconds
 

@@ -144,7 +144,7 @@ def test_a_hub_checkpoint_file_is_the_stage_1_encoder_of_a_config(tmp_path: Path
     from safetensors.torch import save_file
 
     from playitback.config import load_config
-    from playitback.engine.checkpoint import load_weights
+    from playitback.engine.checkpoint_files import load_weights
     from playitback.models import build_model
 
     reference = hf_classifier()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from bench.run_all import markdown
 from playitback.config import load_config
 from playitback.models import build_model
 from playitback.utils.flops import (
@@ -25,9 +26,6 @@ from playitback.utils.flops import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.run_all import markdown  # noqa: E402
 
 
 class _ScaledMLP(nn.Module):
@@ -83,7 +81,7 @@ def test_mfu_is_achieved_over_peak() -> None:
 
 def _run_bench(script: str, *args: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", f"bench.{Path(script).stem}", *args], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -126,7 +124,7 @@ def test_model_bench_times_each_saliency_variant() -> None:
 
 
 def test_bench_scripts_refuse_impossible_requests() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "model.py"), "--sync-debug"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "bench.model", "--sync-debug"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "needs --device cuda" in result.stderr
 
@@ -168,7 +166,7 @@ def test_storage_bench_times_every_storage_on_the_same_clips(storage_bench: dict
 
 
 def test_the_report_renders_every_benchmark(model_bench: dict, train_bench: dict, storage_bench: dict) -> None:
-    command = {"command": ".venv/bin/python bench/x.py", "wall_s": 1.0}
+    command = {"command": ".venv/bin/python -m bench.x", "wall_s": 1.0}
     report = markdown("test-machine", {"model": {**model_bench, **command}, "train": {**train_bench, **command},
                                        "storage": {**storage_bench, **command}})
     assert "## model" in report and "## train" in report and "## storage" in report

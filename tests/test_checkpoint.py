@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from playitback.engine import checkpoint as ckpt
-from playitback.engine.checkpoint import (
+from playitback.engine import checkpoint_files as ckpt
+from playitback.engine.checkpoint_files import (
     CheckpointError,
     UnsafeCheckpointError,
     best_checkpoint_path,
@@ -89,7 +89,7 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path: Path, caplog: pytest.L
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="checkpoint_epoch_00002.pyth is truncated or corrupt"):
         load_checkpoint_file(newest)
-    with caplog.at_level(logging.WARNING, logger="playitback.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="playitback.engine.checkpoint_files"):
         path, state = latest_valid_checkpoint(tmp_path)
     assert path == checkpoint_path(tmp_path, 1) and state["epoch"] == 0
     assert "checkpoint_epoch_00002.pyth" in caplog.text

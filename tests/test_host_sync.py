@@ -3,7 +3,7 @@
 A meta tensor has a shape and no data, so everything that would synchronise the host with a GPU (``.item()``,
 ``bool(tensor)``, ``.tolist()``, ``.nonzero()``, a data-dependent shape) raises on it. Running the library's whole step
 there (on-device front-end from host waveforms, SpecAugment, MixUp, forward, loss, backward) is a CPU check of what
-``torch.cuda.set_sync_debug_mode("error")`` checks on a GPU (bench/model.py --sync-debug). Autocast has no meta
+``torch.cuda.set_sync_debug_mode("error")`` checks on a GPU (python -m bench.model --sync-debug). Autocast has no meta
 backend, so these steps run in float32.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in pac
 MODULE_LAYER = {"playitback.utils.cli": "inference"}
 # The engine modules that make up training (the loop and what only it needs).
 TRAINING_LOOP = {"playitback.engine.trainer", "playitback.engine.loop", "playitback.engine.build",
-                 "playitback.engine.checkpointer", "playitback.engine.evaluate"}
+                 "playitback.engine.checkpointer", "playitback.engine.evaluate", "playitback.engine.epochs"}
 
 
 def _module_name(path: Path) -> str:

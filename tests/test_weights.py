@@ -106,7 +106,7 @@ def test_an_imagenet_mvitv2_checkpoint_file_starts_a_stage1_encoder(tmp_path) ->
     TRAIN.CHECKPOINT_FILE_PATH into the stage-1 encoder of a config."""
     from engine_utils import TINY_MODEL
     from playitback.config import load_config
-    from playitback.engine.checkpoint import load_weights
+    from playitback.engine.checkpoint_files import load_weights
     from playitback.models import build_model
 
     cfg = load_config("configs/Demo/MViT_pretrain.yaml", [*TINY_MODEL, "ENCODER.POOL_Q_STRIDE", "[[1, 2, 2]]"])

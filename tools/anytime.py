@@ -65,7 +65,7 @@ def _split_scores(cfg, checkpoint: Path, split: str, out: Path) -> dict[str, np.
     split_cfg.merge_from_list(overrides)
     if not (out / split / "scores" / "test.npz").is_file():
         trainer.test(split_cfg)
-    with np.load(out / split / "scores" / f"{trainer.scores_name(split_cfg)}.npz") as scores:
+    with np.load(out / split / "scores" / f"{derived.dataset_files(split_cfg, 'test').scores_name}.npz") as scores:
         return dict(scores)
 
 

@@ -30,7 +30,7 @@ from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
 from playitback.config import ConfigError, derived, load_config
-from playitback.engine.checkpoint import CheckpointError
+from playitback.engine.checkpoint_files import CheckpointError
 from playitback.inference import load_inference_model, probabilities
 from playitback.models.build import example_playbacks
 from playitback.utils.cli import split_overrides

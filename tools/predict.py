@@ -33,7 +33,7 @@ from playitback.config import ConfigError, derived, load_config
 from playitback.data.annotations import AnnotationError, class_names_from_records
 from playitback.data.audio_io import AUDIO_EXTENSIONS, AudioReadError, read_audio_file
 from playitback.data.build import build_pyramid, load_split_records
-from playitback.engine.checkpoint import CheckpointError
+from playitback.engine.checkpoint_files import CheckpointError
 from playitback.inference import (
     CropAnalysis,
     analyse_crops,

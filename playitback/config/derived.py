@@ -82,6 +82,9 @@ class DatasetFiles:
     annotation_files: tuple[Path, ...]
     audio_root: Path  # a folder of files, or the EPIC-KITCHENS HDF5 file
     audio_ext: str  # "" for HDF5
+    # The stem of the split's score files (OUTPUT_DIR/scores/<name>.npz): EPIC-KITCHENS names them after the split its
+    # challenge reads (EPICKITCHENS.TEST_SPLIT: validation or test), every other dataset "test".
+    scores_name: str = "test"
 
 
 def dataset_files(cfg: CfgNode, split: str) -> DatasetFiles:
@@ -94,7 +97,7 @@ def dataset_files(cfg: CfgNode, split: str) -> DatasetFiles:
         lists.append(node.VAL_LIST)
     annotations = tuple(Path(node.ANNOTATIONS_DIR) / name for name in lists)
     if dataset == "epickitchens":
-        return DatasetFiles(dataset, annotations, Path(node.AUDIO_DATA_FILE), "")
+        return DatasetFiles(dataset, annotations, Path(node.AUDIO_DATA_FILE), "", node.TEST_SPLIT)
     return DatasetFiles(dataset, annotations, Path(node.AUDIO_DATA_DIR), node.AUDIO_EXT)
 
 

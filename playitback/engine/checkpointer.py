@@ -1,5 +1,5 @@
 """Checkpoint policy of a run: what a training checkpoint holds, how a run resumes or starts from weights, which
-checkpoint a test reads. File handling (atomic writes, safe loading, epoch listing) is playitback.engine.checkpoint.
+checkpoint a test reads. File handling (atomic writes, safe loading, epoch listing) is playitback.engine.checkpoint_files.
 
 A training checkpoint holds everything an exact resumption needs: model, optimiser, scaler, the random states of
 every process (the augmentation generator included) and the position inside the epoch.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from playitback.config.choices import CHECKPOINT_SELECTIONS
-from playitback.engine import checkpoint as ckpt
+from playitback.engine import checkpoint_files as ckpt
 from playitback.engine.loop import TrainState
 from playitback.models.weights import from_original_key
 from playitback.utils import distributed as du

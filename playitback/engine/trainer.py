@@ -1,21 +1,18 @@
 """The entry points of a run, `train(cfg)` and `test(cfg)` (what tools/run_net.py launches in every process): they
 build the parts (playitback.engine.build) and drive them, and hold no model- or dataset-specific branch.
 
-Per epoch, in order: train (playitback.engine.loop) -> bad-file check -> not-learning check -> checkpoint (atomic,
-playitback.engine.checkpointer) -> validate (playitback.engine.evaluate) -> best checkpoint. SIGTERM/SIGUSR1 save a
-checkpoint after the step under way and stop (SLURM preemption); the same command resumes exactly.
+The epoch policy (periods, resumption, the checks after every epoch) is playitback.engine.epochs, the steps of an
+epoch playitback.engine.loop. SIGTERM/SIGUSR1 save a checkpoint after the step under way and stop (SLURM preemption);
+the same command resumes exactly.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from fvcore.common.config import CfgNode
 from torch import nn
@@ -25,7 +22,7 @@ from playitback.config import derived, dump_config
 from playitback.data.build import build_dataset, build_label_space, build_loader
 from playitback.data.dataset import AudioClipDataset
 from playitback.data.labels import LabelSpace
-from playitback.engine import checkpoint as ckpt
+from playitback.engine import checkpoint_files as ckpt
 from playitback.engine.build import (
     build_checkpointer,
     build_loop_settings,
@@ -39,7 +36,8 @@ from playitback.engine.build import (
     wrap_model,
 )
 from playitback.engine.checkpointer import Checkpointer, select_test_checkpoint
-from playitback.engine.evaluate import BAD_FILES, Evaluation, evaluate, write_scores
+from playitback.engine.epochs import BadFileCheck, EpochPeriods, run_epochs
+from playitback.engine.evaluate import Evaluation, evaluate, write_scores
 from playitback.engine.learning_check import NotLearningCheck, chance_loss
 from playitback.engine.loop import StopRequest, TrainState, first_batches, train_one_epoch
 from playitback.engine.reproducibility import audio_coverage, write_clip_ids
@@ -54,31 +52,8 @@ from playitback.utils.logging import MetricWriter, setup_logging
 logger = logging.getLogger(__name__)
 
 
-class TooManyBadFilesError(UserError, RuntimeError):
-    """More than DATA_LOADER.MAX_BAD_FRACTION of an epoch's items could not be read."""
-
-
 class RandomWeightsError(UserError, RuntimeError):
     """Weights that no checkpoint provided would be trained on frozen or tested (see MODEL.ALLOW_RANDOM_WEIGHTS)."""
-
-
-def _check_bad_files(cfg: CfgNode, bad_files: list[str], replaced: int, num_items: int) -> None:
-    """Log the bad files of an epoch to OUTPUT_DIR/bad_files.txt and stop when too many items had to be replaced."""
-    gathered = [msg for part in du.all_gather_objects(bad_files) for msg in part]
-    if not gathered:
-        return
-    replaced = int(du.all_reduce_sum(torch.tensor(float(replaced))).item())
-    if du.is_main_process():
-        with open(Path(cfg.OUTPUT_DIR) / BAD_FILES, "a") as handle:
-            handle.writelines(msg + "\n" for msg in gathered)
-    logger.warning("%d unreadable item(s) were replaced this epoch (%d bad reads, see %s); first: %s", replaced,
-                   len(gathered), Path(cfg.OUTPUT_DIR) / BAD_FILES, gathered[0])
-    if replaced > cfg.DATA_LOADER.MAX_BAD_FRACTION * num_items:
-        raise TooManyBadFilesError(
-            f"{replaced} of {num_items} items of this epoch could not be read, more than "
-            f"DATA_LOADER.MAX_BAD_FRACTION ({cfg.DATA_LOADER.MAX_BAD_FRACTION}); see {cfg.OUTPUT_DIR}/{BAD_FILES}"
-        )
-
 
 
 def prepare_output_dir(cfg: CfgNode) -> None:
@@ -209,58 +184,33 @@ def train(cfg: CfgNode) -> dict[str, Any]:
     writer = build_writer(cfg)
     learning = NotLearningCheck(chance_loss([r.labels for r in train_set.records], label_space),
                                 cfg.TRAIN.NOT_LEARNING_EPOCHS, cfg.TRAIN.NOT_LEARNING_MARGIN)
-    ensemble_method = cfg.DATA.ENSEMBLE_METHOD
+    bad_files = BadFileCheck(Path(cfg.OUTPUT_DIR), cfg.DATA_LOADER.MAX_BAD_FRACTION,
+                             iters_per_epoch * cfg.TRAIN.BATCH_SIZE // cfg.TRAIN.ACCUMULATION_STEPS)
+    periods = EpochPeriods(cfg.SOLVER.MAX_EPOCH, cfg.TRAIN.EVAL_PERIOD, cfg.TRAIN.CHECKPOINT_PERIOD)
+    stop = StopRequest()
+
+    def train_epoch(bad_file_messages: list[str]) -> dict[str, float]:
+        train_set.set_epoch(state.epoch)
+        sampler.set_epoch(state.epoch)
+        sampler.set_start_batch(state.iteration)
+        return train_one_epoch(task, first_batches(train_loader, iters_per_epoch - state.iteration), optimizer,
+                               scaler, schedule, state, iters_per_epoch, settings, writer, stop, bad_file_messages)
+
+    def save() -> None:
+        checkpointer.save(model, optimizer, scaler, task.generator, state)
 
     def validate() -> dict[str, Any]:
-        return validate_epoch(task, val_loader, val_set, label_space, checkpointer, state, writer, ensemble_method)
+        return validate_epoch(task, val_loader, val_set, label_space, checkpointer, state, writer, cfg.DATA.ENSEMBLE_METHOD)
 
-    stop = StopRequest()
     stop.install()
-    val_metrics: dict[str, Any] = {}
     try:
-        while state.epoch < cfg.SOLVER.MAX_EPOCH:
-            if state.iteration >= iters_per_epoch:
-                if state.pending_validation:  # resumed from a checkpoint whose validation did not finish
-                    val_metrics = validate()
-                state.epoch, state.iteration = state.epoch + 1, 0
-                continue
-            train_set.set_epoch(state.epoch)
-            sampler.set_epoch(state.epoch)
-            sampler.set_start_batch(state.iteration)
-            bad_files: list[str] = []
-            epoch_start = time.perf_counter()
-            epoch_stats = train_one_epoch(task, first_batches(train_loader, iters_per_epoch - state.iteration),
-                                          optimizer, scaler, schedule, state, iters_per_epoch, settings, writer, stop,
-                                          bad_files)
-            _check_bad_files(cfg, bad_files, int(epoch_stats["replaced_items"]),
-                             iters_per_epoch * cfg.TRAIN.BATCH_SIZE // cfg.TRAIN.ACCUMULATION_STEPS)
-            if state.iteration < iters_per_epoch:  # stopped by a signal
-                checkpointer.save(model, optimizer, scaler, task.generator, state)
-                logger.info("stopped by %s; resume with the same command", stop.signal_name or "a signal")
-                return {"stopped": True, "epoch": state.epoch, "iteration": state.iteration}
-            writer.write({"split": "train_epoch", "epoch": state.epoch + 1, **epoch_stats,
-                          "time_s": time.perf_counter() - epoch_start,
-                          "ram_gb": psutil.Process().memory_info().rss / 2**30}, step=state.global_step)
-            warning = learning.update(state.epoch + 1, epoch_stats.get("loss_fused", math.nan))
-            if warning:
-                logger.warning(warning)
-                writer.write({"split": "warning", "kind": "not_learning", "epoch": state.epoch + 1,
-                              "train_loss": epoch_stats["loss_fused"], "chance_loss": learning.chance,
-                              "message": warning}, step=state.global_step)
-            last = state.epoch + 1 == cfg.SOLVER.MAX_EPOCH
-            validate_now = (state.epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or last
-            # Saved before validating, so a failing validation does not lose the epoch; the checkpoint says its
-            # validation is pending, and a resumed run runs it.
-            if validate_now or (state.epoch + 1) % cfg.TRAIN.CHECKPOINT_PERIOD == 0:
-                state.pending_validation = validate_now
-                checkpointer.save(model, optimizer, scaler, task.generator, state)
-            if validate_now:
-                val_metrics = validate()
-            state.epoch, state.iteration = state.epoch + 1, 0
+        result = run_epochs(state, periods, iters_per_epoch, train_epoch, bad_files, learning, writer, save, validate)
     finally:
         stop.restore()
         writer.close()
-    return val_metrics
+    if result.get("stopped"):
+        logger.info("stopped by %s; resume with the same command", stop.signal_name or "a signal")
+    return result
 
 
 def checkpoint_to_test(cfg: CfgNode) -> Path | None:
@@ -268,12 +218,6 @@ def checkpoint_to_test(cfg: CfgNode) -> Path | None:
     return select_test_checkpoint(cfg.OUTPUT_DIR, cfg.TEST.CHECKPOINT_FILE_PATH, cfg.TEST.CHECKPOINT_SELECT,
                                   validation_is_test(cfg), cfg.TRAIN.CHECKPOINT_FILE_PATH,
                                   ", ".join(map(str, derived.dataset_files(cfg, "test").annotation_files)))
-
-
-def scores_name(cfg: CfgNode) -> str:
-    """The stem of the test's score file: EPIC-KITCHENS names it after the split its challenge reads (validation or
-    test, EPICKITCHENS.TEST_SPLIT), every other dataset "test"."""
-    return cfg.EPICKITCHENS.TEST_SPLIT if derived.split_dataset(cfg, "test") == "epickitchens" else "test"
 
 
 def _anytime_metrics(cfg: CfgNode, model: nn.Module, evaluation: Evaluation, label_space: LabelSpace
@@ -335,7 +279,7 @@ def test(cfg: CfgNode) -> dict[str, float]:
     writer.write({"split": "test_final", "checkpoint": str(path), **evaluation.metrics, **coverage})
     writer.close()
     if du.is_main_process():
-        write_scores(Path(cfg.OUTPUT_DIR) / "scores", evaluation, label_space, scores_name(cfg),
+        write_scores(Path(cfg.OUTPUT_DIR) / "scores", evaluation, label_space, derived.dataset_files(cfg, "test").scores_name,
                      Path(cfg.OUTPUT_DIR) / cfg.TEST.SAVE_RESULTS_PATH if cfg.TEST.SAVE_RESULTS_PATH else None,
                      write_segments=cfg.TEST.SAVE_SEGMENTS)
     return evaluation.metrics

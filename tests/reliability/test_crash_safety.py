@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from playitback.data.annotations import AnnotationError, read_annotations
-from playitback.engine import checkpoint as ckpt
+from playitback.engine import checkpoint_files as ckpt
 
 # Writes a checkpoint and stalls at a chosen point of the write, so that the kill provably lands there: "half" after
 # half of the serialised bytes reached the temporary file, "unrenamed" when the file is complete but not yet renamed.
 WRITER = """
 import io, os, sys, time, torch
-from playitback.engine.checkpoint import save_checkpoint
+from playitback.engine.checkpoint_files import save_checkpoint
 
 def stall():
     print("stalled", flush=True)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from engine_utils import REPO, metrics, run_opts
-from playitback.config import load_config
+from playitback.config import derived, load_config
 from playitback.data.build import build_label_space
 from playitback.data.records import ClipRecord
-from playitback.engine import checkpoint as ckpt
+from playitback.engine import checkpoint_files as ckpt
 from playitback.engine import trainer
 from playitback.engine.build import build_checkpointer, build_task, build_training_optimizer
 from playitback.engine.evaluate import Evaluation, write_scores
@@ -157,7 +157,7 @@ def test_epic_scores_file_is_named_whatever_the_case_of_the_dataset(tmp_path: Pa
     records = [ClipRecord("P01_01_0", "P01_01", (0, 1)), ClipRecord("P01_01_1", "P01_01", (2, 3))]
     evaluation = Evaluation({}, torch.zeros(2, 397), torch.zeros(2, 1, 397), torch.tensor([[0, 1], [2, 3]]),
                             [r.uid for r in records])
-    write_scores(tmp_path / "scores", evaluation, build_label_space(cfg, records), trainer.scores_name(cfg))
+    write_scores(tmp_path / "scores", evaluation, build_label_space(cfg, records), derived.dataset_files(cfg, "test").scores_name)
     names = {p.name for p in (tmp_path / "scores").iterdir()}
     assert "validation.npz" in names and "test.npz" not in names
     assert list(np.load(tmp_path / "scores" / "validation.npz")["uids"]) == ["P01_01_0", "P01_01_1"]
