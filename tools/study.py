@@ -396,6 +396,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage1-epochs", type=int, default=None, help="default: the stage-1 config's")
     parser.add_argument("--stage2-epochs", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP threads per run (default: cores / jobs); 1 leaves the other cores to other work")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     return parser.parse_args(argv)
 
@@ -429,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 str(data / "annotations")),
                   extra_opts=tuple(args.opts), events_csv=events_csv if events_csv.is_file() else None,
                   out=args.out.resolve(), stage2_epochs=args.stage2_epochs, stage1_epochs=args.stage1_epochs,
-                  threads=max(1, (os.cpu_count() or 1) // args.jobs))
+                  threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
     seeds = list(range(args.seeds))
     runs = interleave_seeds([plan_seed(study, seed, controls, swaps) for seed in seeds])
     execute(runs, args.jobs)
