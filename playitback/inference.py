@@ -6,6 +6,7 @@ playbacks, T0 frames of playback 0, F mel bins, K classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import Tensor, nn
 
+from playitback.anytime import exit_confidence
 from playitback.config import derived
 from playitback.data.build import build_pyramid
 from playitback.engine.checkpoint_files import load_weights
-from playitback.models import build_model
+from playitback.models import PlayItBack, build_model
 from playitback.models.replay import replayed_seconds
 
 
@@ -34,6 +36,9 @@ class CropAnalysis:
         saliency: [S, T0] saliency of each playback in [0, 1] on the frame grid of playback 0 (each curve read at
             its composite's source times; empty for the encoder alone).
         segments: per replay (playback 1, 2, ...) the replayed [start_s, end_s] spans, in seconds of the audio.
+        exit_playback: under anytime inference (TEST.EXIT_POLICY), the playback the crop stopped after; its
+            saliency and segments are then empty (the early-exit forward keeps only the prediction). None: every
+            playback ran.
     """
 
     start_s: float
@@ -44,6 +49,7 @@ class CropAnalysis:
     spectrogram: np.ndarray
     saliency: np.ndarray
     segments: list[list[list[float]]]
+    exit_playback: int | None = None
 
 
 def load_inference_model(cfg: CfgNode, checkpoint: str | Path | None, device: torch.device,
@@ -94,23 +100,33 @@ def analyse_crops(cfg: CfgNode, model: nn.Module, crops: Tensor, starts_s: list[
     pyramid = (pyramid or build_pyramid(cfg)).to(device)
     valid = None if valid_samples is None else torch.tensor(valid_samples, device=device)
     playbacks = pyramid(crops.to(device), valid)
-    outputs = model(playbacks)
     counts = derived.class_counts(cfg)
-    outputs = outputs.float()
-    probs = probabilities(outputs.logits, counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
     duration = crops.shape[1] / cfg.AUDIO_DATA.SAMPLING_RATE
     frames0 = playbacks[0].shape[1]
-    segments = (replayed_seconds(outputs.frame_times, outputs.replay_masks,
-                                 derived.playback_hop(cfg, 0) / cfg.AUDIO_DATA.SAMPLING_RATE, list(starts_s))
-                if outputs.has_replay else [[] for _ in starts_s])
-    saliency = (saliency_on_playback0_frames(outputs.saliency.cpu(), outputs.frame_times.cpu())
-                if outputs.saliency is not None else np.zeros((len(starts_s), 0, frames0), dtype=np.float32))
+    if cfg.TEST.EXIT_POLICY != "none" and isinstance(model, PlayItBack):
+        rule = partial(exit_confidence, class_counts=counts, multi_label=cfg.DATA.MULTI_LABEL,
+                       policy=cfg.TEST.EXIT_POLICY)
+        early = model.forward_anytime(playbacks, rule, cfg.TEST.EXIT_THRESHOLD)
+        logits, features = early.logits.float(), early.features.float()
+        exits: list[int | None] = early.exits.tolist()
+        segments: list[list[list[float]]] = [[] for _ in starts_s]
+        saliency = np.zeros((len(starts_s), 0, frames0), dtype=np.float32)
+    else:
+        outputs = model(playbacks).float()
+        logits, features = outputs.logits, outputs.features
+        exits = [None] * len(starts_s)
+        segments = (replayed_seconds(outputs.frame_times, outputs.replay_masks,
+                                     derived.playback_hop(cfg, 0) / cfg.AUDIO_DATA.SAMPLING_RATE, list(starts_s))
+                    if outputs.has_replay else [[] for _ in starts_s])
+        saliency = (saliency_on_playback0_frames(outputs.saliency.cpu(), outputs.frame_times.cpu())
+                    if outputs.saliency is not None else np.zeros((len(starts_s), 0, frames0), dtype=np.float32))
+    probs = probabilities(logits, counts, cfg.DATA.MULTI_LABEL).cpu().numpy()
     results = []
     for b, start in enumerate(starts_s):
         results.append(CropAnalysis(
-            start_s=start, duration_s=duration, probabilities=probs[b],
-            logits=outputs.logits[b].cpu().numpy(), features=outputs.features[b].cpu().numpy(),
-            spectrogram=playbacks[0][b].float().cpu().numpy(), saliency=saliency[b], segments=segments[b],
+            start_s=start, duration_s=duration, probabilities=probs[b], logits=logits[b].cpu().numpy(),
+            features=features[b].cpu().numpy(), spectrogram=playbacks[0][b].float().cpu().numpy(),
+            saliency=saliency[b], segments=segments[b], exit_playback=exits[b],
         ))
     return results
 

@@ -94,6 +94,49 @@ def test_a_playbacks_logits_do_not_depend_on_later_playbacks() -> None:
     assert not torch.allclose(after.logits, before.logits)
 
 
+@pytest.mark.parametrize("saliency", ["evidence", "slots"])
+def test_the_early_exit_forward_equals_the_full_forward_and_skips_the_work(saliency: str) -> None:
+    """PlayItBack.forward_anytime against the full forward with the exit rule applied afterwards (anytime_logits of
+    exit_playbacks), clip by clip, at thresholds where clips stop at every playback; and it runs the encoder on the
+    running clips only (the batch sizes each encoder pass saw, counted by a hook on its patch embedding)."""
+    cfg = load_config(REPO / "configs/Demo/PlayItBackX2.yaml",
+                      ["NUM_GPUS", "0", *TINY_MODEL, "SALIENCY.METHOD", saliency])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    playbacks = [torch.randn(12, 16 * (i + 1), 128) for i in range(3)]
+    with torch.no_grad():
+        full = model(playbacks)
+    # Any rule on a playback's logits; the first logit, so that the clips' confidences cross between playbacks.
+    def rule(logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., 0]
+
+    confidence = rule(full.playback_logits)  # [S, N]
+    # Thresholds at the clips' confidences, so that some stop at playback 0, some at 1 (a clip surer at playback 1
+    # than at 0, at its playback-1 confidence), some run to the end.
+    surer_later = confidence[1][confidence[1] > confidence[0]]
+    assert len(surer_later) > 0
+    stopped_at: set[int] = set()
+    for threshold in [*confidence[:2].flatten().sort().values[[2, 8, 16]].tolist(), *surer_later[:3].tolist(),
+                      -math.inf, math.inf]:
+        seen: list[int] = []
+        hook = model.encoder.patch_embed.register_forward_hook(
+            lambda _m, args, _out, seen=seen: seen.append(args[0].shape[0]))
+        try:
+            out = model.forward_anytime(playbacks, rule, threshold)
+        finally:
+            hook.remove()
+        exits = exit_playbacks(confidence, threshold)
+        assert out.exits.tolist() == exits.tolist()
+        stopped_at |= set(exits.tolist())
+        torch.testing.assert_close(out.logits, anytime_logits(full.playback_logits, full.logits, exits),
+                                   atol=1e-5, rtol=1e-5)
+        # Playback p's encoder pass reads the clips that have not stopped before it.
+        expected = [int((exits >= p).sum()) for p in range(3)]
+        assert seen == [n for n in expected if n > 0]
+    assert stopped_at == {0, 1, 2}
+    torch.testing.assert_close(out.features, full.features, atol=1e-5, rtol=1e-5)  # threshold inf: all run to the end
+
+
 def test_a_test_with_an_exit_policy_and_the_anytime_tool(tmp_path: Path) -> None:
     data = make_tiny_dataset(tmp_path / "data")
     out = tmp_path / "run"

@@ -55,7 +55,9 @@ def _run(setup: dict, *args: str) -> int:
     return predict.main(["--cfg", CFG, "--checkpoint", str(setup["checkpoint"]), *args, *setup["opts"]])
 
 
-def _reference_window_probs(setup: dict, path: Path, starts_s: list[float]) -> np.ndarray:
+def _reference_window_probs(setup: dict, path: Path, starts_s: list[float],
+                            exit_after: int | None = None) -> np.ndarray:
+    """Per window the full forward's probabilities, or those of ``playback_logits[exit_after]``."""
     cfg, model = setup["cfg"], setup["model"]
     waveform, _ = librosa.load(path, sr=16000, mono=True)
     probs = []
@@ -70,7 +72,9 @@ def _reference_window_probs(setup: dict, path: Path, starts_s: list[float]) -> n
                 last = len(piece) // round(16000 / (32 * (i + 1)))
                 playback[0, last + 1:] = playback[0, last]
         with torch.no_grad():
-            probs.append(model(playbacks).logits.softmax(-1)[0].numpy())
+            outputs = model(playbacks)
+        logits = outputs.logits if exit_after is None else outputs.playback_logits[exit_after]
+        probs.append(logits.softmax(-1)[0].numpy())
     return np.array(probs)
 
 
@@ -173,3 +177,24 @@ def test_real_clips(setup: dict, real_clips: list[Path], tmp_path: Path, capsys:
         assert [w["start_s"] for w in entry["windows"]][:4] == [0.0, 2.5, 5.0, 7.5]
         assert sum(e["probability"] for e in entry["top_k"]) <= 1.0 + 1e-6
     assert report["errors"] == []
+
+
+@pytest.mark.parametrize(("threshold", "exit_playback"), [("0.0", 0), ("1.0", 2)])
+def test_anytime_prediction_reports_each_windows_exit(setup: dict, tmp_path: Path, threshold: str,
+                                                      exit_playback: int) -> None:
+    """TEST.EXIT_POLICY: at threshold 0 every window stops after playback 0 and gets playback 0's prediction; at 1.0
+    none is sure enough (a softmax never reaches 1 here) and every window gets the full forward's (the per-window
+    reference)."""
+    out = tmp_path / "anytime.json"
+    long = setup["audio"] / "long_stereo.wav"
+    code = predict.main(["--cfg", CFG, "--checkpoint", str(setup["checkpoint"]), str(long), "--hop", "0.75",
+                         "--json", str(out), *setup["opts"], "TEST.EXIT_POLICY", "max_prob",
+                         "TEST.EXIT_THRESHOLD", threshold])
+    assert code == 0
+    windows = json.loads(out.read_text())["files"][0]["windows"]
+    reference = _reference_window_probs(setup, long, [0.0, 0.75, 1.5], 0 if exit_playback == 0 else None)
+    assert [w["exit_playback"] for w in windows] == [exit_playback] * 3
+    for window, expected in zip(windows, reference):
+        assert window["top_k"][0]["class_id"] == int(np.argmax(expected))
+        assert window["top_k"][0]["probability"] == pytest.approx(float(expected.max()), abs=1e-4)
+        assert window["replayed_segments"] == []

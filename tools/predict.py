@@ -10,6 +10,11 @@ Examples:
     python tools/predict.py --cfg ... --checkpoint ... --classes classes.txt --top-k 3 --hop 2 --json out.json long.flac
     python tools/predict.py --cfg ... --checkpoint ... --plot figs/ --embeddings emb.npy --device cuda clips/
     python tools/predict.py --cfg ... --checkpoint ... clips/ VGGSOUND.ANNOTATIONS_DIR data/VGG-Sound
+    python tools/predict.py --cfg ... --checkpoint ... clips/ TEST.EXIT_POLICY max_prob TEST.EXIT_THRESHOLD 0.42
+
+With TEST.EXIT_POLICY (anytime inference, docs/anytime.md) each window stops after its first confident playback and
+pays only the playbacks it ran; the JSON gives its "exit_playback", and its saliency and replayed segments are left
+out (the early-exit forward keeps the prediction only).
 
 Class names come from --classes (one name per line, in class-id order), else from the config's annotation files when
 they exist, else the class ids are printed. Unreadable files are reported and skipped; the exit status is 1 when any
@@ -205,6 +210,7 @@ def results_json(results: Sequence[FileResult], problems: Sequence[tuple[Path, s
                 "end_s": w.start_s + w.duration_s,
                 "top_k": top_k(w.probabilities, names, k),
                 "replayed_segments": w.segments,
+                **({"exit_playback": w.exit_playback} if w.exit_playback is not None else {}),
             } for w in r.windows],
         } for r in results],
         "errors": [{"file": str(path), "error": message} for path, message in problems],

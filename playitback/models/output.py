@@ -54,3 +54,20 @@ class ModelOutput:
 
 # A pytree node, so torch.compile, torch.export and DDP see the tensors inside.
 torch.export.register_dataclass(ModelOutput, serialized_type_name="playitback.ModelOutput")
+
+
+@dataclass
+class AnytimeOutput:
+    """What :meth:`playitback.models.PlayItBack.forward_anytime` returns: each clip's prediction at the playback it
+    stopped after.
+
+    Attributes:
+        logits: [B, K] the logits of the playback each clip stopped after (``playback_logits[p]``), the fused logits
+            for a clip that ran every playback.
+        features: [B, L] the matching reduced decoder features (the fused features at the last playback).
+        exits: int64 [B] the playback each clip stopped after (S - 1: it ran every playback).
+    """
+
+    logits: Tensor
+    features: Tensor
+    exits: Tensor

@@ -6,14 +6,14 @@ width, K total classes (tasks concatenated).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from playitback.config.choices import REPLAY_RESOLUTIONS, REPLAY_SOURCES
 from playitback.models.encoder import Encoder
-from playitback.models.output import ModelOutput
+from playitback.models.output import AnytimeOutput, ModelOutput
 from playitback.models.replay import coarse_playback, frame_centres, mask_from_frame_times, random_span_mask, replay
 from playitback.models.saliency import saliency_mask
 from playitback.models.saliency_interface import PlaybackView, Saliency
@@ -150,6 +150,34 @@ class PlayItBack(nn.Module):
             return torch.zeros_like(salient)
         return salient
 
+    def _check_inputs(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None) -> None:
+        if len(playbacks) != self.num_playbacks:
+            raise ValueError(f"expected {self.num_playbacks} playbacks, got {len(playbacks)}")
+        if (replay_masks is not None) != (self.replay_source == "events"):
+            raise ValueError("replay_masks must be given exactly when replay_source is 'events' (it is "
+                             f"{self.replay_source!r})")
+
+    def _encode(self, composite: Tensor) -> Tensor:
+        """The encoder's tokens of a composite [B, T0, F] on their grid [B, T'', F'', D]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            return _tokens_on_grid(self.encoder, composite)
+
+    def _score(self, playback: int, composite: Tensor, grid_tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Playback ``playback``'s saliency [B, T0] and its objective's inputs."""
+        view = PlaybackView(composite, grid_tokens, self.encoder.token_rows, self.encoder.forward_head, self.budget)
+        return self.saliencies[playback].score(view)
+
+    def _replay_next(self, playback: int, playbacks: Sequence[Tensor], composite: Tensor, times: Tensor,
+                     saliency: Tensor, replay_masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The composite of playback ``playback + 1`` and its frames' source times (both [B, T0, ...] as
+        :func:`~playitback.models.replay.replay` returns them), and the replayed frames, bool [B, T0]."""
+        mask = self._replay_mask(saliency, times, replay_masks)
+        finer = playbacks[playback + 1]
+        if self.replay_resolution == "coarse":
+            finer = coarse_playback(playbacks[0], self.hops[0], self.hops[playback + 1], finer.shape[1])
+        composite, times = replay(composite, times, finer, self.hops[playback + 1], mask)
+        return composite, times, mask
+
     def forward(self, playbacks: Sequence[Tensor], replay_masks: Tensor | None = None) -> ModelOutput:
         """Run every playback.
 
@@ -165,11 +193,7 @@ class PlayItBack(nn.Module):
             composites and the source time of every composite frame in frames of playback 0 (frame k of playback j
             is centred at ``k * hops[j] / hops[0]``).
         """
-        if len(playbacks) != self.num_playbacks:
-            raise ValueError(f"expected {self.num_playbacks} playbacks, got {len(playbacks)}")
-        if (replay_masks is not None) != (self.replay_source == "events"):
-            raise ValueError("replay_masks must be given exactly when replay_source is 'events' (it is "
-                             f"{self.replay_source!r})")
+        self._check_inputs(playbacks, replay_masks)
         composite = playbacks[0]
         batch, frames0 = composite.shape[:2]
         times = frame_centres(batch, frames0, self.hops[0], composite.device)
@@ -177,23 +201,16 @@ class PlayItBack(nn.Module):
         tokens, saliencies, masks = [], [], []
         objective: list[list[Tensor]] = [[] for _ in fields]
         composites, all_times = [composite], [times]
-        for i, saliency_module in enumerate(self.saliencies):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-                grid_tokens = _tokens_on_grid(self.encoder, composite)
-            view = PlaybackView(composite, grid_tokens, self.encoder.token_rows, self.encoder.forward_head,
-                                self.budget)
-            saliency, inputs = saliency_module.score(view)
+        for i in range(self.num_playbacks):
+            grid_tokens = self._encode(composite)
+            saliency, inputs = self._score(i, composite, grid_tokens)
             for collected, value in zip(objective, inputs, strict=True):
                 collected.append(value)
             tokens.append(grid_tokens)
             saliencies.append(saliency)
             if i + 1 < self.num_playbacks:
-                mask = self._replay_mask(saliency, times, replay_masks)
+                composite, times, mask = self._replay_next(i, playbacks, composite, times, saliency, replay_masks)
                 masks.append(mask)
-                finer = playbacks[i + 1]
-                if self.replay_resolution == "coarse":
-                    finer = coarse_playback(playbacks[0], self.hops[0], self.hops[i + 1], finer.shape[1])
-                composite, times = replay(composite, times, finer, self.hops[i + 1], mask)
                 composites.append(composite)
                 all_times.append(times)
         decoded = self.decoder(tokens)
@@ -207,3 +224,63 @@ class PlayItBack(nn.Module):
             composites=torch.stack(composites, dim=1),
             frame_times=torch.stack(all_times, dim=1).to(torch.float32) / self.hops[0],
         )
+
+    @torch.no_grad()
+    def forward_anytime(self, playbacks: Sequence[Tensor], confidence: Callable[[Tensor], Tensor], threshold: float,
+                        replay_masks: Tensor | None = None) -> AnytimeOutput:
+        """Anytime inference: each clip stops after the first playback p < S - 1 whose prediction is confident,
+        ``confidence(playback_logits[p]) >= threshold``; only the clips still running pay the saliency and replay of
+        playback p and the encoder pass and decoder layer of playback p + 1. A clip's prediction is the one
+        :meth:`forward` gives as ``playback_logits[p]`` (the fused logits for a clip that runs to the end), since
+        decoder layer p reads playbacks 0..p only.
+
+        Args:
+            playbacks: S tensors [B, T0 * (i + 1), F], as for :meth:`forward`.
+            confidence: logits [b, K] -> confidence [b] (``playitback.anytime.exit_confidence`` with a policy).
+            threshold: stop at this confidence (``math.inf``: every clip runs every playback).
+            replay_masks: as for :meth:`forward` (``replay_source == "events"`` only).
+
+        Returns:
+            An :class:`~playitback.models.output.AnytimeOutput`.
+        """
+        self._check_inputs(playbacks, replay_masks)
+        composite = playbacks[0]
+        batch, frames0 = composite.shape[:2]
+        device = composite.device
+        times = frame_centres(batch, frames0, self.hops[0], device)
+        running = torch.arange(batch, device=device)
+        state = self.decoder.initial_state(batch)
+        states: list[Tensor] = []
+        logits: Tensor | None = None
+        features: Tensor | None = None
+        exits = torch.full((batch,), self.num_playbacks - 1, dtype=torch.long, device=device)
+        for i in range(self.num_playbacks):
+            grid_tokens = self._encode(composite)
+            state = self.decoder.read(state, grid_tokens, i)
+            states.append(state)
+            if i + 1 == self.num_playbacks:
+                break
+            early_logits, early_features = self.decoder.state_logits(state)
+            if logits is None:
+                logits = early_logits.new_zeros(batch, early_logits.shape[-1])
+                features = early_features.new_zeros(batch, early_features.shape[-1])
+            stop = confidence(early_logits) >= threshold
+            logits[running[stop]], features[running[stop]] = early_logits[stop], early_features[stop]
+            exits[running[stop]] = i
+            keep = ~stop
+            if not bool(keep.any()):
+                return AnytimeOutput(logits=logits, features=features, exits=exits)
+            running, state = running[keep], state[keep]
+            states = [s[keep] for s in states]
+            composite, times, grid_tokens = composite[keep], times[keep], grid_tokens[keep]
+            playbacks = [p[keep] for p in playbacks]
+            if replay_masks is not None:
+                replay_masks = replay_masks[keep]
+            saliency, _ = self._score(i, composite, grid_tokens)
+            composite, times, _ = self._replay_next(i, playbacks, composite, times, saliency, replay_masks)
+        decoded = self.decoder.fuse(states)
+        if logits is None:
+            logits = decoded.logits.new_zeros(batch, decoded.logits.shape[-1])
+            features = decoded.features.new_zeros(batch, decoded.features.shape[-1])
+        logits[running], features[running] = decoded.logits, decoded.features
+        return AnytimeOutput(logits=logits, features=features, exits=exits)

@@ -438,17 +438,41 @@ class TemPr(nn.Module):
                 "pass tensors of the same batch, one per playback"
             )
 
-        x = self.latents.expand(batch, -1, -1)  # [B, N, L]
+        x = self.initial_state(batch)
         states = []
-        for (cross_attn, cross_ff, self_blocks), context in zip(self.layers, contexts):
-            x = cross_attn(x, context) + x
-            x = cross_ff(x) + x
-            for self_attn, self_ff in self_blocks:
-                x = self_attn(x) + x
-                x = self_ff(x) + x
+        for index, context in enumerate(contexts):
+            x = self._read_context(x, context, index)
             states.append(x)
+        return self.fuse(states)
 
-        feats = self.reduce(torch.stack(states))  # [B, S, L]
+    def initial_state(self, batch: int) -> Tensor:
+        """The learned latent array before any playback, [B, N, L]."""
+        return self.latents.expand(batch, -1, -1)
+
+    def _read_context(self, state: Tensor, context: Tensor, index: int) -> Tensor:
+        cross_attn, cross_ff, self_blocks = self.layers[index]
+        x = cross_attn(state, context) + state
+        x = cross_ff(x) + x
+        for self_attn, self_ff in self_blocks:
+            x = self_attn(x) + x
+            x = self_ff(x) + x
+        return x
+
+    def read(self, state: Tensor, tokens: Tensor, index: int) -> Tensor:
+        """One step of the decoder: the latent state [B, N, L] after layer ``index`` has read playback ``index``'s
+        tokens [B, T'', F'', D]. ``forward`` is these steps from :meth:`initial_state`, then :meth:`fuse`; stepping
+        lets a caller stop after any playback (anytime inference)."""
+        return self._read_context(state, self._context(tokens, index), index)
+
+    def state_logits(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """A playback's logits [B, K] and reduced features [B, L] from its latent state [B, N, L] (what
+        ``forward`` returns as ``playback_logits[p]`` for the state after layer p)."""
+        features = self.reduce(state.unsqueeze(0))[:, 0]
+        return self._classify(features), features
+
+    def fuse(self, states: Sequence[Tensor]) -> DecoderOutput:
+        """The decoder's output from the latent states after every layer (S tensors [B, N, L])."""
+        feats = self.reduce(torch.stack(list(states)))  # [B, S, L]
         playback_logits = self._classify(feats)  # [B, S, K]
         if self.fusion_loc == "features":
             fused = self.fusion(feats)
