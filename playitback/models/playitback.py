@@ -232,7 +232,8 @@ class PlayItBack(nn.Module):
         ``confidence(playback_logits[p]) >= threshold``; only the clips still running pay the saliency and replay of
         playback p and the encoder pass and decoder layer of playback p + 1. A clip's prediction is the one
         :meth:`forward` gives as ``playback_logits[p]`` (the fused logits for a clip that runs to the end), since
-        decoder layer p reads playbacks 0..p only.
+        decoder layer p reads playbacks 0..p only. Unlike :meth:`forward` it is data-dependent: choosing the running
+        clips synchronises with the host once per playback, so it is for inference, not for compiled training.
 
         Args:
             playbacks: S tensors [B, T0 * (i + 1), F], as for :meth:`forward`.
